@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class AnnotationConfig(AppConfig):
+    name = "annotation"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from annotation.services.roles import roles_ensure_on_migrate
+
+        # Permissions only exist after migrate has run, so role groups are (re)built then.
+        post_migrate.connect(roles_ensure_on_migrate, sender=self)

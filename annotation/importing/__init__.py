@@ -1,0 +1,1 @@
+"""Reading cell images from the layouts labs and datasets use. See importing.md."""

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from django.db import transaction
+
+from annotation.errors import ApplicationError
+from annotation.models import CellImage, Label
+from annotation.services.audit import audit_event_create
+from annotation.types import UserLike
+from mlworker.taxonomy import CODES
+
+
+def _label_state(label: Label | None) -> dict[str, object] | None:
+    if label is None:
+        return None
+    return {
+        "label_id": label.pk,
+        "code": label.code,
+        "source": label.source,
+        "annotator": label.annotator_id,
+    }
+
+
+def cell_label_create(
+    *,
+    cell_id: int,
+    code: str,
+    annotator: UserLike | None,
+    source: str = Label.Source.HEMATOLOGIST,
+) -> Label:
+    """Give a cell a new 14-Diff label, superseding its current one.
+
+    Labels are never edited: the new row points at the one it replaces and the audit trail
+    records both. The cell row is locked so two people labelling the same cell at once
+    produce a chain (A superseded by B), never two labels that both claim to be current.
+    """
+    code = code.strip().upper()
+    if code not in CODES:
+        raise ApplicationError(
+            f"Unknown 14-Diff class {code!r}; use one of {', '.join(CODES)}.",
+            code="unknown_class",
+            fields={"code": "not a 14-Diff code"},
+        )
+    if source != Label.Source.IMPORTED and annotator is None:
+        raise ApplicationError("A label given by a person must name the person.")
+    with transaction.atomic():
+        try:
+            cell = CellImage.objects.select_for_update().get(pk=cell_id)
+        except CellImage.DoesNotExist:
+            raise ApplicationError(
+                f"Cell {cell_id} does not exist.", code="not_found", status=404
+            ) from None
+        previous = (
+            Label.objects.select_related(None).get(pk=cell.current_label_id)
+            if cell.current_label_id
+            else None
+        )
+        label = Label.objects.create(
+            cell=cell, code=code, annotator=annotator, source=source, supersedes=previous
+        )
+        cell.current_label = label
+        if source != Label.Source.IMPORTED:
+            # A person's decision settles a disagreement between the imported sources.
+            cell.has_label_conflict = False
+        cell.save(update_fields=["current_label", "has_label_conflict"])
+        audit_event_create(
+            actor=annotator,
+            action="label.supersede" if previous else "label.create",
+            target_type="cell",
+            target_id=cell.pk,
+            before=_label_state(previous),
+            after=_label_state(label),
+        )
+    return label

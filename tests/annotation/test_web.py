@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+
+from annotation.models import CellImage
+from annotation.services.roles import ROLES
+
+pytestmark = pytest.mark.django_db
+
+
+def test_home_page_and_health_check(client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and b"WBC portal" in page.content
+    health = client.get("/health/")
+    assert health.status_code == 200 and health.json()["database"] == "ok"
+
+
+def test_roles_exist_with_their_permissions() -> None:
+    groups = {
+        g.name: {f"{p.content_type.app_label}.{p.codename}" for p in g.permissions.all()}
+        for g in Group.objects.all()
+    }
+    assert set(ROLES) <= set(groups)
+    assert "annotation.label_cell" in groups["hematologist"]
+    assert "annotation.export_cells" not in groups["hematologist"]
+    assert "annotation.export_cells" in groups["data_scientist"]
+    assert "annotation.label_cell" not in groups["data_scientist"]
+    assert groups["admin"] >= groups["hematologist"] | groups["data_scientist"]
+
+
+def test_load_demo_imports_bundled_cells_and_accounts_that_can_sign_in(client) -> None:
+    out = io.StringIO()
+    call_command("load_demo", stdout=out)
+    text = out.getvalue()
+    assert CellImage.objects.filter(current_label__isnull=False).count() >= 90
+    credentials = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith("demo_"):
+            credentials[parts[0]] = parts[1]
+    assert set(credentials) == {f"demo_{r}" for r in ROLES}
+    assert client.login(username="demo_hematologist", password=credentials["demo_hematologist"])
+    # Running it again imports nothing and keeps the passwords.
+    out2 = io.StringIO()
+    call_command("load_demo", stdout=out2)
+    assert "imported 0 cells" in out2.getvalue()
+    assert credentials["demo_admin"] in out2.getvalue()
+
+
+def test_cell_images_are_served_only_to_signed_in_users(client, django_user_model) -> None:
+    call_command("load_demo", stdout=io.StringIO())
+    cell = CellImage.objects.first()
+    url = f"/media/{cell.image.name}"
+    assert client.get(url).status_code == 302  # to the login page
+    user = django_user_model.objects.create_user("viewer", password="Long-enough-pass-1")
+    client.force_login(user)
+    response = client.get(url)
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == cell.image.read()
+    assert client.get("/media/cells/../../etc/passwd").status_code == 404

@@ -1,0 +1,11 @@
+from django.contrib import admin
+from django.urls import path
+
+from annotation import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("health/", views.health, name="health"),
+    path("media/<path:path>", views.media, name="media"),
+    path("admin/", admin.site.urls),
+]
