@@ -17,6 +17,8 @@ def test_home_page_and_health_check(client) -> None:
     assert page.status_code == 200 and b"WBC portal" in page.content
     health = client.get("/health/")
     assert health.status_code == 200 and health.json()["database"] == "ok"
+    css = client.get("/static/portal.css")
+    assert css.status_code == 200 and b"font-family" in b"".join(css.streaming_content)
 
 
 def test_roles_exist_with_their_permissions() -> None:
