@@ -16,6 +16,9 @@ _READ = [
     "annotation.view_case",
     "annotation.view_cellimage",
     "annotation.view_label",
+    "annotation.view_prediction",
+    "annotation.view_segmentation",
+    "annotation.view_modelversion",
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {

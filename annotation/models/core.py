@@ -51,6 +51,18 @@ class CellImage(models.Model):
     # code means the sources disagree and a person has to decide.
     source_labels = models.JSONField(default=list, blank=True)
     has_label_conflict = models.BooleanField(default=False)
+
+    class Processing(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SEGMENTED = "segmented", "Segmented"
+        SCORED = "scored", "Scored"
+        FAILED = "failed", "Failed"
+
+    # Where the cell is in the pipeline; a cell that cannot be read says why.
+    processing = models.CharField(
+        max_length=16, choices=Processing.choices, default=Processing.PENDING, db_index=True
+    )
+    processing_error = models.TextField(blank=True, default="")
     current_label = models.OneToOneField(
         "Label", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -1,0 +1,29 @@
+"""All models of the annotation app, by area."""
+
+from annotation.models.core import AuditEvent, Case, CellImage, ImportBatch, Label
+from annotation.models.pipeline import (
+    ExportJob,
+    ModelVersion,
+    Prediction,
+    ReviewItem,
+    ReviewSkip,
+    RoutingConfig,
+    Segmentation,
+    TrainingJob,
+)
+
+__all__ = [
+    "AuditEvent",
+    "Case",
+    "CellImage",
+    "ExportJob",
+    "ImportBatch",
+    "Label",
+    "ModelVersion",
+    "Prediction",
+    "ReviewItem",
+    "ReviewSkip",
+    "RoutingConfig",
+    "Segmentation",
+    "TrainingJob",
+]
