@@ -58,7 +58,7 @@ class EvalPreset:
         self.std = [float(s) for s in std]
 
     def resize(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 (3, H, W) -> uint8 (3, S, S)."""
+        """uint8 (..., 3, H, W) -> uint8 (..., 3, S, S); batched when given a batch."""
         return F.resize(image, [self.input_size, self.input_size], antialias=True)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:

@@ -181,7 +181,12 @@ class Scorer:
                     kept.append((index, _decode_one(data, device)))
                 except Exception as exc:
                     errors[index] = describe_error(exc)
-        images = [self.preset.resize(image) for _, image in kept]
+        decoded_images = [image for _, image in kept]
+        if decoded_images and all(i.shape == decoded_images[0].shape for i in decoded_images):
+            # analyser crops all share one size: one batched resize instead of N small ones
+            images = list(self.preset.resize(torch.stack(decoded_images)).unbind(0))
+        else:
+            images = [self.preset.resize(image) for image in decoded_images]
         label_of = dict(zip(batch.indices, batch.labels.tolist(), strict=True))
         return CellBatch(
             indices=[i for i, _ in kept],
