@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from annotation import views
 
@@ -8,4 +8,5 @@ urlpatterns = [
     path("health/", views.health, name="health"),
     path("media/<path:path>", views.media, name="media"),
     path("admin/", admin.site.urls),
+    path("api/", include("annotation.api.urls")),
 ]

@@ -1,0 +1,1 @@
+"""REST API settings (DRF, drf-spectacular, throttling); imported at the end of settings."""
