@@ -1,3 +1,5 @@
-from typing import Any
+from django.urls import path
 
-websocket_urlpatterns: list[Any] = []
+from annotation.consumers import EventsConsumer
+
+websocket_urlpatterns = [path("ws/events/", EventsConsumer.as_asgi())]

@@ -13,6 +13,30 @@ app.conf.task_queues = [Queue("cpu"), Queue("gpu")]
 app.autodiscover_tasks(["annotation", "mlworker"])
 
 
+def _beat_schedule() -> dict[str, dict[str, object]]:
+    from celery.schedules import crontab
+    from django.conf import settings
+
+    minute, hour, day, month, weekday = settings.WBC_RETRAIN_CRON.split()
+    return {
+        "retrain-if-due": {
+            "task": "mlworker.tasks.retrain_if_due",
+            "schedule": crontab(minute, hour, weekday, day, month),
+            "options": {"queue": "cpu"},
+        },
+        "housekeeping": {
+            "task": "mlworker.tasks.housekeeping",
+            "schedule": 60.0,
+            "options": {"queue": "cpu"},
+        },
+    }
+
+
+@app.on_after_configure.connect
+def _setup_beat(sender: Celery, **kwargs: object) -> None:
+    sender.conf.beat_schedule = _beat_schedule()
+
+
 @app.task(name="wbcportal.ping")
 def ping(value: str) -> dict[str, object]:
     """Round trip used by health checks and tests: proves a worker consumed the queue."""

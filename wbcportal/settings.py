@@ -166,7 +166,13 @@ if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
     CELERY_TASK_ALWAYS_EAGER = False
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+    # An unacknowledged task (its worker died) is handed to another worker after this
+    # long; it must exceed the longest task, or a slow task would run twice.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(
+            os.environ.get("WBC_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT + 600)
+        )
+    }
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -204,3 +210,12 @@ LOGGING = {
 }
 
 from wbcportal.settings_api import *  # noqa: E402, F403
+
+# --- pipeline -------------------------------------------------------------------------
+WBC_SEGMENT_BATCH = int(os.environ.get("WBC_SEGMENT_BATCH", 64))
+WBC_SCORE_BATCH = int(os.environ.get("WBC_SCORE_BATCH", 64))
+# Retraining (see mlworker/train.py for every hyperparameter); small defaults that finish
+# on a CPU-only machine, raise them on a GPU worker.
+WBC_RETRAIN_ARGS = os.environ.get("WBC_RETRAIN_ARGS", "")
+WBC_RETRAIN_CRON = os.environ.get("WBC_RETRAIN_CRON", "0 2 * * *")  # nightly at 02:00
+WBC_TRAINING_HEARTBEAT_TIMEOUT = int(os.environ.get("WBC_TRAINING_HEARTBEAT_TIMEOUT", 600))

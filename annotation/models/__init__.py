@@ -2,6 +2,7 @@
 
 from annotation.models.core import AuditEvent, Case, CellImage, ImportBatch, Label
 from annotation.models.pipeline import (
+    EvaluationSet,
     ExportJob,
     ModelVersion,
     Prediction,
@@ -16,6 +17,7 @@ __all__ = [
     "AuditEvent",
     "Case",
     "CellImage",
+    "EvaluationSet",
     "ExportJob",
     "ImportBatch",
     "Label",

@@ -228,3 +228,14 @@ class ExportJob(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class EvaluationSet(models.Model):
+    """The fixed validation cells every model version is judged on, so a candidate and the
+    active version are always compared on the same cells. Frozen once created; never
+    used for training."""
+
+    name = models.CharField(max_length=64, unique=True)
+    cell_ids = models.JSONField(default=list)
+    counts = models.JSONField(default=dict, blank=True)  # per class at creation
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -27,6 +27,7 @@ from annotation.importing.inspect import ImageRejected, InspectedImage, inspect_
 from annotation.importing.sources import SourceFile, SourceListing, list_folder, unpacked_zip
 from annotation.models import AuditEvent, Case, CellImage, ImportBatch, Label
 from annotation.services.audit import audit_event_create
+from annotation.services.pipeline import cells_enqueue_processing
 from annotation.types import UserLike
 from mlworker.taxonomy import resolve_source_name
 
@@ -306,7 +307,7 @@ def cells_import(
     user: UserLike | None = None,
     progress: ProgressFn | None = None,
     workers: int = 4,
-    on_cells_stored: Callable[[list[int]], None] | None = None,
+    enqueue_processing: bool = True,
 ) -> ImportSummary:
     """Import every cell image under ``source`` (a folder or a .zip).
 
@@ -347,7 +348,7 @@ def cells_import(
             target_id=batch.pk,
             after={k: v for k, v in batch.summary.items() if k != "skipped_files"},
         )
-        if on_cells_stored and summary.cell_ids:
-            ids = list(summary.cell_ids)
-            transaction.on_commit(lambda: on_cells_stored(ids))
+        if enqueue_processing:
+            # Segmentation and scoring start once the cells are committed.
+            cells_enqueue_processing(cell_ids=summary.cell_ids)
     return summary

@@ -33,6 +33,11 @@ class Command(BaseCommand):
             help="how many skipped files to list with their reasons (default 20)",
         )
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument(
+            "--no-processing",
+            action="store_true",
+            help="store only; do not queue segmentation and scoring (score_pending does later)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         bars: dict[str, tqdm] = {}
@@ -49,7 +54,10 @@ class Command(BaseCommand):
 
         try:
             summary = cells_import(
-                source=options["path"], case_name=options["case_name"], progress=progress
+                source=options["path"],
+                case_name=options["case_name"],
+                progress=progress,
+                enqueue_processing=not options["no_processing"],
             )
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc

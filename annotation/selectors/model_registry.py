@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Any
+
+from annotation.errors import ApplicationError
+from annotation.models import ModelVersion
+from annotation.services.model_registry import guard_comparison, per_class_tpr
+
+
+def model_version_active() -> ModelVersion | None:
+    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+
+
+def model_version_compare(*, a_id: int, b_id: int) -> dict[str, Any]:
+    versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=[a_id, b_id])}
+    missing = [str(i) for i in (a_id, b_id) if i not in versions]
+    if missing:
+        raise ApplicationError(
+            f"Model version(s) {', '.join(missing)} do not exist.", code="not_found", status=404
+        )
+    a, b = versions[a_id], versions[b_id]
+    tpr_a, tpr_b = per_class_tpr(a.metrics), per_class_tpr(b.metrics)
+    codes = list(dict.fromkeys([*a.class_codes, *b.class_codes]))
+    return {
+        "a": {"id": a.pk, "name": a.name, "status": a.status},
+        "b": {"id": b.pk, "name": b.name, "status": b.status},
+        "balanced_accuracy": {
+            "a": a.metrics.get("balanced_accuracy"),
+            "b": b.metrics.get("balanced_accuracy"),
+        },
+        "per_class_tpr": {
+            code: {
+                "a": tpr_a.get(code),
+                "b": tpr_b.get(code),
+                "delta": (
+                    None
+                    if tpr_a.get(code) is None or tpr_b.get(code) is None
+                    else tpr_b[code] - tpr_a[code]  # type: ignore[operator]
+                ),
+            }
+            for code in codes
+        },
+        "guard_b_over_a": guard_comparison(b, a),
+    }

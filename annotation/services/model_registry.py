@@ -1,0 +1,193 @@
+"""Model versions: register, promote (with the no-regression guard), roll back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.files.base import File
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from annotation.errors import ApplicationError
+from annotation.models import CellImage, ModelVersion
+from annotation.services.audit import audit_event_create
+from annotation.services.events import JOBS_GROUP, broadcast
+from annotation.types import UserLike
+from mlworker.model import CheckpointError, load_checkpoint
+
+# A candidate is promoted automatically only if balanced accuracy does not drop and no
+# class's TPR drops by more than this.
+MAX_CLASS_TPR_DROP = 0.05
+
+
+def _next_name() -> str:
+    return f"v{ModelVersion.objects.count() + 1}"
+
+
+def per_class_tpr(metrics: dict[str, Any]) -> dict[str, float | None]:
+    return {code: row.get("tpr") for code, row in (metrics.get("per_class") or {}).items()}
+
+
+def model_version_register(
+    *,
+    checkpoint_path: Path,
+    user: UserLike | None = None,
+    name: str | None = None,
+    status: str = ModelVersion.Status.CANDIDATE,
+    parent: ModelVersion | None = None,
+    metrics: dict[str, Any] | None = None,
+    training_snapshot: dict[str, Any] | None = None,
+    triggered_by: str = "admin",
+) -> ModelVersion:
+    """Validate a checkpoint file and store it as a model version."""
+    try:
+        ckpt = load_checkpoint(checkpoint_path)
+    except (CheckpointError, OSError, RuntimeError) as exc:
+        raise ApplicationError(f"{checkpoint_path} is not a usable checkpoint: {exc}") from None
+    metrics = metrics if metrics is not None else dict(ckpt["metrics"])
+    with transaction.atomic():
+        version = ModelVersion(
+            name=name or _next_name(),
+            arch=ckpt["arch"],
+            class_codes=list(ckpt["class_codes"]),
+            image_size=ckpt["input_size"],
+            temperature=float(ckpt["temperature"]),
+            status=status,
+            parent=parent,
+            metrics=metrics,
+            per_class_tpr=per_class_tpr(metrics),
+            training_snapshot=training_snapshot or {},
+            triggered_by=triggered_by,
+            created_by=user,
+        )
+        with Path(checkpoint_path).open("rb") as fh:
+            version.checkpoint.save(f"{version.name}.pt", File(fh), save=False)
+        try:
+            version.save()
+        except IntegrityError:
+            raise ApplicationError(f"A model version named {version.name!r} exists.") from None
+        audit_event_create(
+            actor=user,
+            action="model.register",
+            target_type="model_version",
+            target_id=version.pk,
+            after={"name": version.name, "arch": version.arch, "status": version.status},
+        )
+    return version
+
+
+def guard_comparison(candidate: ModelVersion, active: ModelVersion | None) -> dict[str, Any]:
+    """The promotion guard on the shared evaluation set: candidate vs active."""
+    if active is None:
+        return {"passes": True, "reasons": ["no active version"]}
+    cand = candidate.metrics.get("evaluation_set") or candidate.metrics
+    act = (candidate.metrics.get("active_on_evaluation_set") or active.metrics) or {}
+    reasons = []
+    cb, ab = cand.get("balanced_accuracy"), act.get("balanced_accuracy")
+    if cb is None or ab is None:
+        reasons.append("balanced accuracy missing for one of the versions")
+    elif cb < ab:
+        reasons.append(f"balanced accuracy drops from {ab:.3f} to {cb:.3f}")
+    drops = {}
+    ctpr, atpr = per_class_tpr(cand), per_class_tpr(act)
+    for code, before in atpr.items():
+        after = ctpr.get(code)
+        if before is not None and after is not None and before - after > MAX_CLASS_TPR_DROP:
+            drops[code] = {"active": before, "candidate": after}
+            reasons.append(f"{code} TPR drops from {before:.2f} to {after:.2f}")
+    return {
+        "passes": not reasons,
+        "reasons": reasons,
+        "balanced_accuracy": {"candidate": cb, "active": ab},
+        "class_drops": drops,
+    }
+
+
+def _activate(
+    version: ModelVersion, user: UserLike | None, action: str, extra: dict[str, Any]
+) -> ModelVersion:
+    from annotation.services.pipeline import cells_enqueue_scoring
+
+    previous = (
+        ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE).first()
+    )
+    if previous is not None:
+        previous.status = ModelVersion.Status.RETIRED
+        previous.save(update_fields=["status"])
+    version.status = ModelVersion.Status.ACTIVE
+    version.promoted_at = timezone.now()
+    version.save(update_fields=["status", "promoted_at"])
+    audit_event_create(
+        actor=user,
+        action=action,
+        target_type="model_version",
+        target_id=version.pk,
+        before={"active": previous.name if previous else None},
+        after={"active": version.name, **extra},
+    )
+    # Re-score what has no label yet (and the conflicts), then rebuild the queue.
+    pending = CellImage.objects.filter(current_label__isnull=True).values_list("id", flat=True)
+    cells_enqueue_scoring(cell_ids=list(pending), version_id=version.pk)
+    conflicts = CellImage.objects.filter(has_label_conflict=True).values_list("id", flat=True)
+    cells_enqueue_scoring(cell_ids=list(conflicts), version_id=version.pk)
+    transaction.on_commit(
+        lambda: broadcast(
+            JOBS_GROUP, "model.activated", {"version": version.name, "action": action}
+        )
+    )
+    return version
+
+
+def model_version_promote(
+    *, version_id: int, user: UserLike | None, force: bool = False
+) -> ModelVersion:
+    with transaction.atomic():
+        try:
+            version = ModelVersion.objects.select_for_update().get(pk=version_id)
+        except ModelVersion.DoesNotExist:
+            raise ApplicationError(
+                f"Model version {version_id} does not exist.", code="not_found", status=404
+            ) from None
+        if version.status != ModelVersion.Status.CANDIDATE:
+            raise ApplicationError(
+                f"{version.name} is {version.status}; only a candidate can be promoted "
+                "(use rollback to return to an earlier version).",
+                code="not_a_candidate",
+                status=409,
+            )
+        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+        guard = guard_comparison(version, active)
+        if not guard["passes"] and not force:
+            raise ApplicationError(
+                f"{version.name} was not promoted: "
+                + "; ".join(guard["reasons"])
+                + ". An admin may promote it anyway with force.",
+                code="regression",
+                status=409,
+                fields={"guard": "; ".join(guard["reasons"])},
+            )
+        return _activate(
+            version,
+            user,
+            "model.promote",
+            {"forced": force and not guard["passes"], "guard": guard},
+        )
+
+
+def model_version_rollback(*, version_id: int, user: UserLike | None) -> ModelVersion:
+    with transaction.atomic():
+        try:
+            version = ModelVersion.objects.select_for_update().get(pk=version_id)
+        except ModelVersion.DoesNotExist:
+            raise ApplicationError(
+                f"Model version {version_id} does not exist.", code="not_found", status=404
+            ) from None
+        if version.status != ModelVersion.Status.RETIRED or not version.checkpoint:
+            raise ApplicationError(
+                f"{version.name} is {version.status}; rollback returns to a retired version "
+                "that was active before.",
+                code="not_retired",
+                status=409,
+            )
+        return _activate(version, user, "model.rollback", {})

@@ -1,0 +1,142 @@
+"""Handing queued cells to hematologists: leases, submit, skip, release, flag.
+
+A lease gives one item to one person until it expires. ``review_item_next`` takes the
+best queued item with ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent requests
+never receive the same item: each transaction skips rows another one is taking.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from annotation.errors import ApplicationError
+from annotation.models import Label, ReviewItem, ReviewSkip
+from annotation.services.audit import audit_event_create
+from annotation.services.events import queue_changed
+from annotation.services.labels import cell_label_create
+from annotation.services.routing import routing_config_get
+from annotation.types import UserLike
+
+
+def review_leases_expire() -> int:
+    """Return expired leases to the queue; returns how many."""
+    expired = ReviewItem.objects.filter(
+        status=ReviewItem.Status.LEASED, lease_expires_at__lt=timezone.now()
+    ).update(status=ReviewItem.Status.QUEUED, leased_to=None, lease_expires_at=None)
+    if expired:
+        transaction.on_commit(queue_changed)
+    return expired
+
+
+def review_item_next(*, user: UserLike) -> ReviewItem | None:
+    """The user's current lease (renewed), else the highest-priority queued item that the
+    user has not skipped, leased to them. None when the queue is empty for them."""
+    lease = timedelta(seconds=routing_config_get().lease_seconds)
+    now = timezone.now()
+    review_leases_expire()
+    with transaction.atomic():
+        mine = (
+            ReviewItem.objects.select_for_update(skip_locked=True)
+            .filter(status=ReviewItem.Status.LEASED, leased_to=user)
+            .order_by("id")
+            .first()
+        )
+        if mine is not None:
+            mine.lease_expires_at = now + lease
+            mine.save(update_fields=["lease_expires_at"])
+            return mine
+        skipped = ReviewSkip.objects.filter(item=OuterRef("pk"), user=user)
+        item = (
+            ReviewItem.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=ReviewItem.Status.QUEUED)
+            .filter(~Exists(skipped))
+            .order_by("-priority", "id")
+            .first()
+        )
+        if item is None:
+            return None
+        item.status = ReviewItem.Status.LEASED
+        item.leased_to = user
+        item.lease_expires_at = now + lease
+        item.save(update_fields=["status", "leased_to", "lease_expires_at"])
+        transaction.on_commit(queue_changed)
+    return item
+
+
+def _locked_item_of(item_id: int, user: UserLike) -> ReviewItem:
+    try:
+        item = ReviewItem.objects.select_for_update().get(pk=item_id)
+    except ReviewItem.DoesNotExist:
+        raise ApplicationError(
+            f"Review item {item_id} does not exist.", code="not_found", status=404
+        ) from None
+    if item.status != ReviewItem.Status.LEASED or item.leased_to_id != user.pk:
+        holder = "nobody" if item.leased_to_id is None else "someone else"
+        raise ApplicationError(
+            f"Review item {item_id} is {item.status} and leased to {holder}; take a new "
+            "cell with 'next' (your lease may have expired).",
+            code="lease_lost",
+            status=409,
+        )
+    return item
+
+
+def review_item_submit(*, item_id: int, user: UserLike, code: str) -> Label:
+    """Label the leased cell and close the item. Accepted after the lease time as long
+    as nobody else has taken the item since."""
+    with transaction.atomic():
+        item = _locked_item_of(item_id, user)
+        label = cell_label_create(cell_id=item.cell_id, code=code, annotator=user)
+        item.status = ReviewItem.Status.DONE
+        item.label = label
+        item.closed_at = timezone.now()
+        item.lease_expires_at = None
+        item.save(update_fields=["status", "label", "closed_at", "lease_expires_at"])
+        transaction.on_commit(queue_changed)
+    return label
+
+
+def review_item_skip(*, item_id: int, user: UserLike) -> None:
+    """Back to the queue for others; this user does not get it again."""
+    with transaction.atomic():
+        item = _locked_item_of(item_id, user)
+        ReviewSkip.objects.create(item=item, user=user)
+        item.status = ReviewItem.Status.QUEUED
+        item.leased_to = None
+        item.lease_expires_at = None
+        item.save(update_fields=["status", "leased_to", "lease_expires_at"])
+        audit_event_create(
+            actor=user, action="review.skip", target_type="review_item", target_id=item.pk
+        )
+        transaction.on_commit(queue_changed)
+
+
+def review_item_release(*, item_id: int, user: UserLike) -> None:
+    """Give the item back unlabelled (e.g. leaving the screen); anyone may take it."""
+    with transaction.atomic():
+        item = _locked_item_of(item_id, user)
+        item.status = ReviewItem.Status.QUEUED
+        item.leased_to = None
+        item.lease_expires_at = None
+        item.save(update_fields=["status", "leased_to", "lease_expires_at"])
+        transaction.on_commit(queue_changed)
+
+
+def review_item_flag(*, item_id: int, user: UserLike, flagged: bool = True) -> ReviewItem:
+    """Mark the cell for discussion; the lease stays."""
+    with transaction.atomic():
+        item = _locked_item_of(item_id, user)
+        item.flagged = flagged
+        item.save(update_fields=["flagged"])
+        audit_event_create(
+            actor=user,
+            action="review.flag" if flagged else "review.unflag",
+            target_type="review_item",
+            target_id=item.pk,
+            after={"flagged": flagged},
+        )
+    return item

@@ -1,0 +1,222 @@
+"""Which cells go to the review queue, why, and in what order. See review_queue.md."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from annotation.errors import ApplicationError
+from annotation.models import CellImage, ModelVersion, Prediction, ReviewItem, RoutingConfig
+from annotation.services.audit import audit_event_create
+from annotation.services.events import queue_changed
+from annotation.types import UserLike
+from mlworker import active_learning
+from mlworker.taxonomy import CODES
+
+LOW_CONFIDENCE = "low_confidence"
+WEAK_CLASS = "weak_class"
+DISAGREEMENT = "disagreement"
+AUDIT = "audit"
+REASONS = (LOW_CONFIDENCE, WEAK_CLASS, DISAGREEMENT, AUDIT)
+
+_LIMITS: dict[str, tuple[float, float]] = {
+    "confidence_threshold": (0.0, 1.0),
+    "weak_class_tpr": (0.0, 1.0),
+    "audit_rate": (0.0, 1.0),
+    "lease_seconds": (30, 24 * 3600),
+    "retrain_min_new_labels": (1, 10_000_000),
+}
+
+
+def routing_config_get() -> RoutingConfig:
+    config = RoutingConfig.objects.order_by("id").first()
+    return config if config is not None else RoutingConfig.objects.create()
+
+
+@transaction.atomic
+def routing_config_update(*, user: UserLike | None, **fields: Any) -> RoutingConfig:
+    config = RoutingConfig.objects.select_for_update().get(pk=routing_config_get().pk)
+    before = {name: getattr(config, name) for name in (*_LIMITS, "strategy")}
+    errors: dict[str, str] = {}
+    for name, value in fields.items():
+        if name == "strategy":
+            if value not in active_learning.STRATEGIES:
+                errors[name] = f"choose one of {', '.join(active_learning.STRATEGIES)}"
+            continue
+        if name not in _LIMITS:
+            errors[name] = "not a routing setting"
+            continue
+        low, high = _LIMITS[name]
+        if not isinstance(value, int | float) or not low <= value <= high:
+            errors[name] = f"must be a number from {low} to {high}"
+    if errors:
+        raise ApplicationError(
+            "Routing settings not changed: " + "; ".join(f"{k} {v}" for k, v in errors.items()),
+            fields=errors,
+        )
+    for name, value in fields.items():
+        setattr(config, name, value)
+    config.updated_by = user
+    config.save()
+    audit_event_create(
+        actor=user,
+        action="routing.update",
+        target_type="routing_config",
+        target_id=config.pk,
+        before=before,
+        after={name: getattr(config, name) for name in before},
+    )
+    return config
+
+
+def weak_classes(version: ModelVersion, tpr_threshold: float) -> set[str]:
+    """Classes whose validation TPR is below the threshold. A class the version was never
+    validated on (TPR unknown) counts as weak: nobody has shown the model gets it right."""
+    weak = set()
+    for code in version.class_codes or CODES:
+        tpr = (version.per_class_tpr or {}).get(code)
+        if tpr is None or tpr < tpr_threshold:
+            weak.add(code)
+    return weak
+
+
+def _audit_draw(cell_id: int, version_id: int) -> float:
+    """A reproducible uniform draw per (cell, version): re-routing never re-rolls it."""
+    digest = hashlib.sha256(f"audit:{cell_id}:{version_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def route_reasons(
+    *,
+    prediction: Prediction,
+    config: RoutingConfig,
+    weak: set[str],
+    has_conflict: bool,
+) -> list[str]:
+    reasons = []
+    if prediction.confidence < config.confidence_threshold:
+        reasons.append(LOW_CONFIDENCE)
+    if prediction.top_code in weak:
+        reasons.append(WEAK_CLASS)
+    if has_conflict:
+        reasons.append(DISAGREEMENT)
+    if (
+        not reasons
+        and _audit_draw(prediction.cell_id, prediction.model_version_id) < config.audit_rate
+    ):
+        reasons.append(AUDIT)
+    return reasons
+
+
+def _priorities(
+    predictions: Sequence[Prediction], strategy: str, weak: set[str], codes: Sequence[str]
+) -> list[float]:
+    """Priority in 0..1 from the strategy's order (1 = first)."""
+    if not predictions:
+        return []
+    probs = np.array([p.probabilities for p in predictions], dtype=np.float64)
+    weak_mask = np.array([c in weak for c in codes])
+    features = None
+    if strategy in {"kcenter", "default"}:
+        vectors = [bytes(p.features) for p in predictions if p.features is not None]
+        if len(vectors) == len(predictions):
+            features = np.stack([np.frombuffer(v, dtype=np.float16) for v in vectors])
+            features = features.astype(np.float32)
+        elif strategy == "kcenter":
+            strategy = "margin"
+    ranking = active_learning.order(
+        strategy,
+        probs,
+        features=features,
+        weak=weak_mask,
+        budget=min(len(predictions), 256),
+        rng=np.random.default_rng(0),
+    )
+    n = len(ranking)
+    priority = [0.0] * n
+    for rank, index in enumerate(ranking):
+        priority[index] = 1.0 - rank / n
+    return priority
+
+
+def cells_route(*, cell_ids: Sequence[int], version: ModelVersion) -> dict[str, int]:
+    """Queue the cells that need a person, by the active version's predictions.
+
+    Cells with a current label are not queued (a person or the analyser already said
+    what they are), except conflicts, which always need a person. An open item is
+    updated in place (reasons, priority), so routing twice creates nothing new.
+    """
+    config = routing_config_get()
+    weak = weak_classes(version, config.weak_class_tpr)
+    predictions = list(
+        Prediction.objects.filter(model_version=version, cell_id__in=cell_ids)
+        .select_related("cell")
+        .filter(Q(cell__current_label__isnull=True) | Q(cell__has_label_conflict=True))
+    )
+    routed: list[tuple[Prediction, list[str]]] = []
+    for prediction in predictions:
+        reasons = route_reasons(
+            prediction=prediction,
+            config=config,
+            weak=weak,
+            has_conflict=prediction.cell.has_label_conflict,
+        )
+        if reasons:
+            routed.append((prediction, reasons))
+    priorities = _priorities([p for p, _ in routed], config.strategy, weak, version.class_codes)
+    created = updated = 0
+    with transaction.atomic():
+        open_items = {
+            item.cell_id: item
+            for item in ReviewItem.objects.select_for_update().filter(
+                cell_id__in=[p.cell_id for p, _ in routed],
+                status__in=[ReviewItem.Status.QUEUED, ReviewItem.Status.LEASED],
+            )
+        }
+        new_items = []
+        for (prediction, reasons), priority in zip(routed, priorities, strict=True):
+            item = open_items.get(prediction.cell_id)
+            if item is None:
+                new_items.append(
+                    ReviewItem(
+                        cell_id=prediction.cell_id,
+                        reasons=reasons,
+                        priority=priority,
+                        model_version=version,
+                    )
+                )
+            else:
+                item.reasons = sorted(set(item.reasons) | set(reasons), key=REASONS.index)
+                item.priority = priority
+                item.model_version = version
+                item.save(update_fields=["reasons", "priority", "model_version"])
+                updated += 1
+        ReviewItem.objects.bulk_create(new_items, ignore_conflicts=True)
+        created = len(new_items)
+        transaction.on_commit(queue_changed)
+    return {"created": created, "updated": updated, "considered": len(predictions)}
+
+
+def review_queue_rebuild(*, version: ModelVersion) -> dict[str, int]:
+    """After a promotion: drop queued items that the new version no longer needs, and
+    route every unlabelled cell again with its predictions. Leased items are left to the
+    person holding them."""
+    with transaction.atomic():
+        cancelled = ReviewItem.objects.filter(status=ReviewItem.Status.QUEUED).update(
+            status=ReviewItem.Status.CANCELLED, closed_at=timezone.now()
+        )
+    cell_ids = list(
+        CellImage.objects.filter(predictions__model_version=version).values_list("id", flat=True)
+    )
+    result = {"cancelled": cancelled}
+    for start in range(0, len(cell_ids), 2000):
+        part = cells_route(cell_ids=cell_ids[start : start + 2000], version=version)
+        for key, value in part.items():
+            result[key] = result.get(key, 0) + value
+    return result
