@@ -110,7 +110,7 @@ def test_unvalidated_class_counts_as_weak() -> None:
 def test_routing_settings_are_validated_and_audited(django_user_model) -> None:
     admin = django_user_model.objects.create_user("adm", password="Long-pass-123")
     with pytest.raises(
-        ApplicationError, match="confidence_threshold must be a number from 0.0 to 1.0"
+        ApplicationError, match=r"confidence_threshold must be a number from 0\.0 to 1\.0"
     ):
         routing_config_update(user=admin, confidence_threshold=1.5)
     with pytest.raises(ApplicationError, match="choose one of"):
@@ -188,7 +188,7 @@ def test_expired_lease_returns_the_item_to_the_queue(queue_of_three) -> None:
 
 
 def test_release_and_flag(queue_of_three) -> None:
-    (a, b, _), _cells = queue_of_three
+    (a, _b, _), _cells = queue_of_three
     item = rq.review_item_next(user=a)
     assert rq.review_item_flag(item_id=item.pk, user=a, flagged=True).flagged
     rq.review_item_release(item_id=item.pk, user=a)
