@@ -76,7 +76,9 @@ def _test_database_url() -> str:
     return f"postgres://{user}{password}@{host}:{port}/{params['NAME']}"
 
 
-def worker_env(redis_url: str, media_root: Path | None = None) -> dict[str, str]:
+def worker_env(
+    redis_url: str, media_root: Path | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     from django.db import connection
 
     env = dict(os.environ)
@@ -86,20 +88,30 @@ def worker_env(redis_url: str, media_root: Path | None = None) -> dict[str, str]
     if media_root is not None:
         env["MEDIA_ROOT"] = str(media_root)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
     return env
 
 
 def start_worker(
-    redis_url: str, *, queues: str = "cpu,gpu", media_root: Path | None = None, log: Path
+    redis_url: str,
+    *,
+    queues: str = "cpu,gpu",
+    media_root: Path | None = None,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable, "-m", "celery", "-A", "wbcportal", "worker",
         "-Q", queues, "--pool", "solo", "--concurrency", "1",
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
     ]  # fmt: skip
-    with log.open("wb") as fh:
+    with log.open("ab") as fh:
         return subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=worker_env(redis_url, media_root), stdout=fh, stderr=fh
+            cmd,
+            cwd=REPO_ROOT,
+            env=worker_env(redis_url, media_root, extra_env),
+            stdout=fh,
+            stderr=fh,
         )
 
 
