@@ -51,6 +51,11 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": "/api/",
     "ENUM_NAME_OVERRIDES": {
         "Diff14CodeEnum": "annotation.models.core.DIFF14_CHOICES",
+        "CaseStatusEnum": "annotation.models.core.Case.Status",
+        "ModelVersionStatusEnum": "annotation.models.pipeline.ModelVersion.Status",
+        "TrainingJobStatusEnum": "annotation.models.pipeline.TrainingJob.Status",
+        "ExportJobStatusEnum": "annotation.models.pipeline.ExportJob.Status",
+        "ReviewItemStatusEnum": "annotation.models.pipeline.ReviewItem.Status",
     },
 }
 

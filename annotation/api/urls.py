@@ -1,3 +1,105 @@
+"""Every URL of the REST API (mounted at /api/). Rules for each: the view's
+``permission_classes``; the table test: tests/annotation/api/test_permissions.py."""
+
+from __future__ import annotations
+
 from typing import Any
 
-urlpatterns: list[Any] = []
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from annotation.api import auth, cases, cells, exports, labels, models, queue
+from annotation.api.errors import json_not_found
+from annotation.api.permissions import PUBLIC, Roles
+
+app_name = "api"
+
+
+class SchemaApi(SpectacularAPIView):
+    permission_classes = [Roles(GET=PUBLIC)]
+
+
+class DocsApi(SpectacularSwaggerView):
+    permission_classes = [Roles(GET=PUBLIC)]
+
+
+urlpatterns: list[Any] = [
+    path("schema/", SchemaApi.as_view(), name="schema"),
+    path("docs/", DocsApi.as_view(url_name="api:schema"), name="docs"),
+    # auth and users
+    path("auth/token/", auth.TokenObtainApi.as_view(), name="auth-token"),
+    path("auth/me/", auth.MeApi.as_view(), name="auth-me"),
+    path("users/", auth.UserListCreateApi.as_view(), name="users"),
+    # cases
+    path("cases/", cases.CaseListCreateApi.as_view(), name="cases"),
+    path("cases/<int:case_id>/", cases.CaseDetailApi.as_view(), name="case-detail"),
+    path("cases/<int:case_id>/sign-off/", cases.CaseSignOffApi.as_view(), name="case-signoff"),
+    # cells and labels
+    path("cells/", cells.CellListApi.as_view(), name="cells"),
+    path("cells/upload/", cells.CellUploadApi.as_view(), name="cell-upload"),
+    path("cells/<int:cell_id>/", cells.CellDetailApi.as_view(), name="cell-detail"),
+    path("cells/<int:cell_id>/image/", cells.CellImageApi.as_view(), name="cell-image"),
+    path("cells/<int:cell_id>/thumbnail/", cells.CellThumbnailApi.as_view(), name="cell-thumbnail"),
+    path("cells/<int:cell_id>/labels/", labels.CellLabelsApi.as_view(), name="cell-labels"),
+    path(
+        "segmentations/<int:segmentation_id>/mask/",
+        cells.SegmentationMaskApi.as_view(),
+        name="segmentation-mask",
+    ),
+    # review queue
+    path("queue/next/", queue.ReviewNextApi.as_view(), name="queue-next"),
+    path("queue/counts/", queue.ReviewCountsApi.as_view(), name="queue-counts"),
+    path("queue/items/<int:item_id>/submit/", queue.ReviewSubmitApi.as_view(), name="queue-submit"),
+    path("queue/items/<int:item_id>/skip/", queue.ReviewSkipApi.as_view(), name="queue-skip"),
+    path(
+        "queue/items/<int:item_id>/release/", queue.ReviewReleaseApi.as_view(), name="queue-release"
+    ),
+    path("queue/items/<int:item_id>/flag/", queue.ReviewFlagApi.as_view(), name="queue-flag"),
+    path("routing-config/", models.RoutingConfigApi.as_view(), name="routing-config"),
+    # model versions and training
+    path("model-versions/", models.ModelVersionListApi.as_view(), name="model-versions"),
+    path(
+        "model-versions/compare/",
+        models.ModelVersionCompareApi.as_view(),
+        name="model-version-compare",
+    ),
+    path(
+        "model-versions/<int:version_id>/",
+        models.ModelVersionDetailApi.as_view(),
+        name="model-version-detail",
+    ),
+    path(
+        "model-versions/<int:version_id>/promote/",
+        models.ModelVersionPromoteApi.as_view(),
+        name="model-version-promote",
+    ),
+    path(
+        "model-versions/<int:version_id>/rollback/",
+        models.ModelVersionRollbackApi.as_view(),
+        name="model-version-rollback",
+    ),
+    path("training-jobs/", models.TrainingJobListCreateApi.as_view(), name="training-jobs"),
+    path(
+        "training-jobs/<int:job_id>/",
+        models.TrainingJobDetailApi.as_view(),
+        name="training-job-detail",
+    ),
+    path(
+        "training-jobs/<int:job_id>/cancel/",
+        models.TrainingJobCancelApi.as_view(),
+        name="training-job-cancel",
+    ),
+    # exports
+    path("exports/", exports.ExportApi.as_view(), name="exports"),
+    path("export-jobs/", exports.ExportJobListApi.as_view(), name="export-jobs"),
+    path(
+        "export-jobs/<int:job_id>/", exports.ExportJobDetailApi.as_view(), name="export-job-detail"
+    ),
+    path(
+        "export-jobs/<int:job_id>/download/",
+        exports.ExportJobDownloadApi.as_view(),
+        name="export-job-download",
+    ),
+    # Anything else under /api/ answers in the API's error shape, not an HTML page.
+    re_path(r"^.*$", json_not_found, name="not-found"),
+]

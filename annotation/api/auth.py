@@ -1,0 +1,97 @@
+"""Tokens for scripts, who am I, and user management for admins."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractUser
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+from annotation.api.common import paginated, paginated_response
+from annotation.api.permissions import ADMINS, EVERYONE, PUBLIC, Roles, user_roles
+from annotation.services.roles import ADMIN, ROLES
+from annotation.services.users import user_create_with_role
+
+
+class LoginThrottle(AnonRateThrottle):
+    """Password guessing through the token endpoint is limited per client address."""
+
+    scope = "login"
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField()
+    username = serializers.CharField()
+    roles = serializers.ListField(child=serializers.CharField())
+
+
+class UserSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    roles = serializers.SerializerMethodField()
+    is_active = serializers.BooleanField()
+
+    def get_roles(self, user: AbstractUser) -> list[str]:
+        names = {g.name for g in user.groups.all()} | ({ADMIN} if user.is_superuser else set())
+        return sorted(names & set(ROLES))
+
+
+class TokenObtainApi(APIView):
+    """Exchange a username and password for the user's API token (created once)."""
+
+    permission_classes = [Roles(POST=PUBLIC)]
+    throttle_classes = [LoginThrottle]
+    authentication_classes: list[type] = []  # a login form needs no CSRF token
+
+    @extend_schema(request=AuthTokenSerializer, responses={200: TokenSerializer}, auth=[])
+    def post(self, request: Request) -> Response:
+        data = AuthTokenSerializer(data=request.data, context={"request": request})
+        data.is_valid(raise_exception=True)
+        user = data.validated_data["user"]
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response(
+            {"token": token.key, "username": user.username, "roles": sorted(user_roles(user))}
+        )
+
+
+class MeApi(APIView):
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    @extend_schema(responses=UserSerializer)
+    def get(self, request: Request) -> Response:
+        return Response(UserSerializer(request.user).data)
+
+
+def _users() -> QuerySet[AbstractUser]:
+    return get_user_model().objects.prefetch_related("groups").order_by("id")  # type: ignore[return-value]
+
+
+class UserListCreateApi(APIView):
+    """Admins list users and create one in a role (or move an existing user to it)."""
+
+    permission_classes = [Roles(GET=ADMINS, POST=ADMINS)]
+
+    class UserCreateInputSerializer(serializers.Serializer):
+        username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150)
+        password = serializers.CharField(min_length=12, max_length=128, write_only=True)
+        role = serializers.ChoiceField(choices=ROLES)
+
+    @extend_schema(operation_id="users_list", responses=paginated(UserSerializer))
+    def get(self, request: Request) -> Response:
+        return paginated_response(
+            request=request, view=self, queryset=_users(), serializer_class=UserSerializer
+        )
+
+    @extend_schema(request=UserCreateInputSerializer, responses={201: UserSerializer})
+    def post(self, request: Request) -> Response:
+        data = self.UserCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = user_create_with_role(**data.validated_data)
+        return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)

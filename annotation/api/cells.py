@@ -1,0 +1,478 @@
+"""Cells: list, detail, the image files, and upload."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.files.uploadhandler import SkipFile, TemporaryFileUploadHandler
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.urls import reverse
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation.api.common import (
+    Diff14Field,
+    ErrorSerializer,
+    paginated,
+    paginated_response,
+    request_user,
+    storage_file_response,
+)
+from annotation.api.permissions import ADMINS, EVERYONE, Roles
+from annotation.errors import ApplicationError
+from annotation.models import CellImage, Label, Prediction, ReviewItem, Segmentation
+from annotation.selectors.cells import (
+    LABEL_STATUSES,
+    CellFilters,
+    cell_get,
+    cell_list,
+    cell_thumbnail_jpeg,
+    segmentation_get,
+)
+from annotation.services.imports import cells_import
+from mlworker.taxonomy import CODES
+
+
+def _url(context: Mapping[str, Any], name: str, **kwargs: Any) -> str:
+    path = reverse(name, kwargs=kwargs)
+    request = context.get("request")
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+class LabelSerializer(serializers.ModelSerializer[Label]):
+    annotator = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Label
+        fields = ["id", "cell", "code", "source", "annotator", "created_at", "supersedes"]
+
+    def get_annotator(self, label: Label) -> str | None:
+        return label.annotator.username if label.annotator_id and label.annotator else None
+
+
+class PredictionBriefSerializer(serializers.ModelSerializer[Prediction]):
+    model_version_name = serializers.CharField(source="model_version.name")
+
+    class Meta:
+        model = Prediction
+        fields = ["model_version", "model_version_name", "top_code", "confidence"]
+
+
+class PredictionSerializer(serializers.ModelSerializer[Prediction]):
+    model_version_name = serializers.CharField(source="model_version.name")
+    model_version_status = serializers.CharField(source="model_version.status")
+    probabilities = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Prediction
+        fields = [
+            "model_version",
+            "model_version_name",
+            "model_version_status",
+            "top_code",
+            "confidence",
+            "margin",
+            "entropy",
+            "probabilities",
+            "created_at",
+        ]
+
+    @extend_schema_field(serializers.DictField(child=serializers.FloatField()))
+    def get_probabilities(self, prediction: Prediction) -> dict[str, float]:
+        codes = prediction.model_version.class_codes or list(CODES)
+        return dict(zip(codes, prediction.probabilities, strict=False))
+
+
+class ReviewItemBriefSerializer(serializers.ModelSerializer[ReviewItem]):
+    class Meta:
+        model = ReviewItem
+        fields = ["id", "status", "reasons", "priority", "flagged", "created_at", "closed_at"]
+
+
+class SegmentationSerializer(serializers.ModelSerializer[Segmentation]):
+    mask_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Segmentation
+        fields = [
+            "id",
+            "method_version",
+            "status",
+            "quality",
+            "failure_reason",
+            "wbc_area",
+            "nucleus_area",
+            "mask_url",
+            "created_at",
+        ]
+
+    def get_mask_url(self, seg: Segmentation) -> str | None:
+        if not seg.mask:
+            return None
+        return _url(self.context, "api:segmentation-mask", segmentation_id=seg.pk)
+
+
+class CellSerializer(serializers.ModelSerializer[CellImage]):
+    case_accession = serializers.CharField(source="case.accession_id")
+    image_url = serializers.SerializerMethodField()
+    thumbnail_url = serializers.SerializerMethodField()
+    label = LabelSerializer(source="current_label", allow_null=True)  # type: ignore[assignment]
+    prediction = serializers.SerializerMethodField(help_text="the active model's prediction")
+    queue = serializers.SerializerMethodField(help_text="the open review item, if any")
+
+    class Meta:
+        model = CellImage
+        fields = [
+            "id",
+            "case",
+            "case_accession",
+            "image_url",
+            "thumbnail_url",
+            "width",
+            "height",
+            "original_filename",
+            "source_class_name",
+            "has_label_conflict",
+            "processing",
+            "label",
+            "prediction",
+            "queue",
+            "created_at",
+        ]
+
+    def get_image_url(self, cell: CellImage) -> str:
+        return _url(self.context, "api:cell-image", cell_id=cell.pk)
+
+    def get_thumbnail_url(self, cell: CellImage) -> str:
+        return _url(self.context, "api:cell-thumbnail", cell_id=cell.pk)
+
+    @extend_schema_field(PredictionBriefSerializer(allow_null=True))
+    def get_prediction(self, cell: CellImage) -> dict[str, Any] | None:
+        active = getattr(cell, "active_predictions", None)
+        if active is None:
+            active = [p for p in cell.predictions.all() if p.model_version.status == "active"]
+        return PredictionBriefSerializer(active[0]).data if active else None
+
+    @extend_schema_field(ReviewItemBriefSerializer(allow_null=True))
+    def get_queue(self, cell: CellImage) -> dict[str, Any] | None:
+        items = getattr(cell, "open_review_items", None)
+        if items is None:
+            items = [i for i in cell.review_items.all() if i.status in ("queued", "leased")]
+        return ReviewItemBriefSerializer(items[0]).data if items else None
+
+
+class CellDetailSerializer(CellSerializer):
+    predictions = PredictionSerializer(many=True, help_text="one per model version")
+    segmentations = SegmentationSerializer(many=True)
+    labels = LabelSerializer(many=True, help_text="label history, oldest first")
+    review_items = ReviewItemBriefSerializer(many=True)
+
+    class Meta(CellSerializer.Meta):
+        fields = [
+            *CellSerializer.Meta.fields,
+            "sha256",
+            "source_labels",
+            "processing_error",
+            "predictions",
+            "segmentations",
+            "labels",
+            "review_items",
+        ]
+
+
+class CellListApi(APIView):
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    class FilterSerializer(serializers.Serializer):
+        case = serializers.IntegerField(required=False, min_value=1, help_text="case id")
+        predicted = Diff14Field(required=False, help_text="the active model's top class")
+        label = Diff14Field(required=False, help_text="the current label's class")  # type: ignore[assignment]
+        label_status = serializers.ChoiceField(choices=LABEL_STATUSES, required=False)
+        label_source = serializers.ChoiceField(choices=Label.Source.choices, required=False)
+        confidence_min = serializers.FloatField(required=False, min_value=0, max_value=1)
+        confidence_max = serializers.FloatField(required=False, min_value=0, max_value=1)
+        queue_reason = serializers.CharField(
+            required=False, max_length=64, help_text="a reason of the cell's open review item"
+        )
+
+    @extend_schema(
+        operation_id="cells_list",
+        parameters=[FilterSerializer],
+        responses=paginated(CellSerializer),
+    )
+    def get(self, request: Request) -> Response:
+        params = self.FilterSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        data = dict(params.validated_data)
+        data["case_id"] = data.pop("case", None)
+        return paginated_response(
+            request=request,
+            view=self,
+            queryset=cell_list(filters=CellFilters(**data)),
+            serializer_class=CellSerializer,
+        )
+
+
+class CellDetailApi(APIView):
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    @extend_schema(responses=CellDetailSerializer)
+    def get(self, request: Request, cell_id: int) -> Response:
+        cell = cell_get(cell_id=cell_id)
+        return Response(CellDetailSerializer(cell, context={"request": request}).data)
+
+
+_IMAGE_RESPONSE = {
+    (200, "image/*"): OpenApiResponse(OpenApiTypes.BINARY, description="the image file"),
+    404: ErrorSerializer,
+}
+
+
+class CellImageApi(APIView):
+    """The original image file, to token clients as well as browser sessions."""
+
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    @extend_schema(responses=_IMAGE_RESPONSE)
+    def get(self, request: Request, cell_id: int) -> HttpResponseBase:
+        try:
+            cell = CellImage.objects.only("image").get(pk=cell_id)
+        except CellImage.DoesNotExist:
+            raise ApplicationError(
+                f"Cell {cell_id} does not exist.", code="not_found", status=404
+            ) from None
+        response = storage_file_response(cell.image.name)
+        response["Cache-Control"] = "private, max-age=86400, immutable"  # content-addressed
+        return response
+
+
+class CellThumbnailApi(APIView):
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    @extend_schema(responses=_IMAGE_RESPONSE)
+    def get(self, request: Request, cell_id: int) -> HttpResponseBase:
+        try:
+            cell = CellImage.objects.only("image").get(pk=cell_id)
+        except CellImage.DoesNotExist:
+            raise ApplicationError(
+                f"Cell {cell_id} does not exist.", code="not_found", status=404
+            ) from None
+        try:
+            data = cell_thumbnail_jpeg(cell=cell)
+        except FileNotFoundError:
+            raise ApplicationError(
+                "The cell's image is missing from storage.", code="file_missing", status=404
+            ) from None
+        response = HttpResponse(data, content_type="image/jpeg")
+        response["Cache-Control"] = "private, max-age=86400"
+        return response
+
+
+class SegmentationMaskApi(APIView):
+    """The mask PNG: 0 background, 128 cytoplasm, 255 nucleus."""
+
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    @extend_schema(responses=_IMAGE_RESPONSE)
+    def get(self, request: Request, segmentation_id: int) -> HttpResponseBase:
+        seg = segmentation_get(segmentation_id=segmentation_id)
+        if not seg.mask:
+            raise ApplicationError(
+                f"Segmentation {seg.pk} has no mask ({seg.status}: "
+                f"{seg.failure_reason or 'no reason recorded'}).",
+                code="no_mask",
+                status=404,
+            )
+        return storage_file_response(seg.mask.name)
+
+
+# --- upload ------------------------------------------------------------------------------
+
+
+class _SizeLimitedUploadHandler(TemporaryFileUploadHandler):
+    """Streams each uploaded file to a temporary file and drops one as soon as it passes
+    its size limit, so an oversized file is never held whole, in memory or on disk."""
+
+    def __init__(self, request: HttpRequest | None = None) -> None:
+        super().__init__(request)
+        self.too_large: list[tuple[str, str]] = []
+        self._seen = 0
+        self._limit = 0
+
+    def new_file(self, field_name: str, file_name: str, *args: Any, **kwargs: Any) -> None:
+        super().new_file(field_name, file_name, *args, **kwargs)
+        self._seen = 0
+        is_zip = file_name.lower().endswith(".zip")
+        self._limit = settings.WBC_MAX_ZIP_BYTES if is_zip else settings.WBC_MAX_UPLOAD_BYTES
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
+        self._seen += len(raw_data)
+        if self._seen > self._limit:
+            kind = "zip" if self.file_name and self.file_name.lower().endswith(".zip") else "image"
+            self.too_large.append(
+                (
+                    self.file_name or "?",
+                    f"file is over the per-{kind} limit of {self._limit} bytes",
+                )
+            )
+            self.file.close()
+            raise SkipFile()
+        return super().receive_data_chunk(raw_data, start)
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def _safe_filename(name: str, taken: set[str]) -> str:
+    base = _SAFE_NAME.sub("_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"
+    candidate, n = base, 1
+    while candidate.lower() in taken:
+        stem, dot, ext = base.rpartition(".")
+        candidate = f"{stem}-{n}.{ext}" if dot else f"{base}-{n}"
+        n += 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+class UploadSummarySerializer(serializers.Serializer):
+    layout = serializers.CharField()
+    new_cells = serializers.IntegerField()
+    labelled = serializers.IntegerField()
+    conflicting = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    skipped_files = serializers.ListField(child=serializers.DictField())
+    existing_cells_labelled = serializers.IntegerField()
+    out_of_taxonomy = serializers.DictField()
+    unknown_class_names = serializers.DictField()
+    cases_created = serializers.IntegerField()
+    line = serializers.CharField()
+    cell_ids = serializers.ListField(child=serializers.IntegerField())
+
+
+class CellUploadApi(APIView):
+    """Upload one or many images, or one zip, exactly as ``import_cells`` reads them.
+
+    Images go into one case (``case``, default ``upload-<date>``), unlabelled unless
+    ``label`` names their 14-Diff class. A zip may hold any layout import_cells reads.
+    Files that cannot be used are skipped with their reason; when every file is
+    rejected the answer is 400 with the reasons.
+    """
+
+    permission_classes = [Roles(POST=ADMINS)]
+    parser_classes = [MultiPartParser]
+
+    class UploadInputSerializer(serializers.Serializer):
+        files = serializers.ListField(
+            child=serializers.FileField(allow_empty_file=True),
+            allow_empty=True,
+            required=False,
+            help_text="images (JPEG, PNG, BMP, TIFF) or one .zip",
+        )
+        case = serializers.CharField(
+            required=False, max_length=128, help_text="accession id of the case to add to"
+        )
+        label = Diff14Field(required=False, help_text="14-Diff class of every uploaded image")  # type: ignore[assignment]
+
+    def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
+        # Before anything reads the body (CSRF checks read request.POST).
+        request.upload_handlers = [_SizeLimitedUploadHandler(request)]
+        return super().initialize_request(request, *args, **kwargs)
+
+    @extend_schema(
+        request={"multipart/form-data": UploadInputSerializer},
+        responses={201: UploadSummarySerializer, 400: ErrorSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = self.UploadInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        handler = request._request.upload_handlers[0]
+        too_large: list[tuple[str, str]] = list(getattr(handler, "too_large", []))
+        files = list(request.FILES.getlist("files"))
+        if not files and not too_large:
+            raise ApplicationError(
+                "No files were sent: attach images or one zip as the multipart field 'files'.",
+                code="no_files",
+                fields={"files": "required"},
+            )
+        zips = [f for f in files if (f.name or "").lower().endswith(".zip")]
+        if zips and len(files) > 1:
+            raise ApplicationError(
+                "Send either images or a single zip per request, not both.",
+                code="mixed_upload",
+                fields={"files": "one .zip, or images only"},
+            )
+        case_name = data.validated_data.get("case") or (
+            None if zips else f"upload-{timezone.now():%Y%m%d}"
+        )
+        label = data.validated_data.get("label")
+        if zips and label:
+            raise ApplicationError(
+                "'label' applies to uploaded images; a zip carries its own classes.",
+                code="invalid",
+                fields={"label": "not allowed with a zip"},
+            )
+        staging = Path(tempfile.mkdtemp(prefix="wbc-upload-"))
+        try:
+            summary = self._import(files, zips, staging, case_name, label, request)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        result = summary.as_dict()
+        result["skipped_files"] = [
+            *({"file": f, "reason": r} for f, r in too_large),
+            *result["skipped_files"],  # type: ignore[misc]
+        ]
+        result["skipped"] = len(result["skipped_files"])  # type: ignore[arg-type]
+        result["cell_ids"] = summary.cell_ids
+        if summary.new_cells == 0 and summary.duplicates == 0 and result["skipped"]:
+            reasons = {item["file"]: item["reason"] for item in result["skipped_files"]}  # type: ignore[attr-defined]
+            raise ApplicationError(
+                "No file could be imported: "
+                + "; ".join(f"{name}: {reason}" for name, reason in reasons.items()),
+                code="nothing_imported",
+                fields=reasons,
+            )
+        return Response(result, status=status.HTTP_201_CREATED)
+
+    def _import(
+        self,
+        files: list[Any],
+        zips: list[Any],
+        staging: Path,
+        case_name: str | None,
+        label: str | None,
+        request: Request,
+    ) -> Any:
+        user = request_user(request)
+        if zips:
+            target = staging / _safe_filename(zips[0].name or "upload.zip", set())
+            if not target.name.lower().endswith(".zip"):
+                target = target.with_suffix(".zip")
+            self._save(zips[0], target)
+            return cells_import(source=target, case_name=case_name, user=user, workers=2)
+        root = staging / "upload"
+        folder = root / label if label else root
+        folder.mkdir(parents=True)
+        taken: set[str] = set()
+        for upload in files:
+            self._save(upload, folder / _safe_filename(upload.name or "upload", taken))
+        return cells_import(source=root, case_name=case_name, user=user, workers=2)
+
+    @staticmethod
+    def _save(upload: Any, target: Path) -> None:
+        with target.open("wb") as out:
+            for chunk in upload.chunks():
+                out.write(chunk)

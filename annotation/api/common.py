@@ -1,0 +1,112 @@
+"""Small pieces every API module uses: pagination, the 14-Diff field, file responses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, cast
+
+from django.core.files.storage import default_storage
+from django.http import FileResponse
+from rest_framework import serializers
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation.errors import ApplicationError
+from annotation.models.core import DIFF14_CHOICES
+from annotation.types import UserLike
+from mlworker.taxonomy import CODES
+
+
+class Pagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 500
+
+
+def paginated_response(
+    *,
+    request: Request,
+    view: APIView,
+    queryset: Iterable[Any],
+    serializer_class: type[serializers.BaseSerializer[Any]],
+    context: dict[str, Any] | None = None,
+) -> Response:
+    paginator = Pagination()
+    page: list[Any] | None = paginator.paginate_queryset(queryset, request, view=view)  # type: ignore[arg-type]
+    data = serializer_class(page, many=True, context={"request": request, **(context or {})}).data
+    return paginator.get_paginated_response(data)
+
+
+_PAGED: dict[type, type] = {}
+
+
+def paginated(serializer_class: type[serializers.BaseSerializer[Any]]) -> type:
+    """The schema of a page of ``serializer_class`` (count, next, previous, results)."""
+    if serializer_class not in _PAGED:
+        name = serializer_class.__name__.removesuffix("Serializer")
+        _PAGED[serializer_class] = type(
+            f"Paginated{name}List",
+            (serializers.Serializer,),
+            {
+                "count": serializers.IntegerField(),
+                "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True),
+                "results": serializer_class(many=True),
+            },
+        )
+    return _PAGED[serializer_class]
+
+
+class Diff14Field(serializers.ChoiceField):
+    """A 14-Diff code; lower case is accepted, the error lists the allowed codes."""
+
+    default_error_messages = {
+        "invalid_choice": "{input!r} is not a 14-Diff code; use one of " + ", ".join(CODES) + "."
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=DIFF14_CHOICES, **kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str):
+            data = data.strip().upper()
+        return super().to_internal_value(data)
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.CharField())  # type: ignore[assignment]
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+def storage_file_response(name: str | None, *, filename: str | None = None) -> FileResponse:
+    if not name or not default_storage.exists(name):
+        raise ApplicationError(
+            "The file is missing from storage; ask an admin to check the media volume.",
+            code="file_missing",
+            status=404,
+        )
+    return FileResponse(
+        default_storage.open(name, "rb"),
+        as_attachment=filename is not None,
+        filename=filename or name.rsplit("/", 1)[-1],
+    )
+
+
+def int_id_or_404(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ApplicationError(
+            f"{what} {value!r} does not exist.", code="not_found", status=404
+        ) from None
+
+
+def request_user(request: Request) -> UserLike:
+    """The signed-in user (permission classes have already refused anonymous requests)."""
+    return cast("UserLike", request.user)

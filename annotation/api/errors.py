@@ -1,0 +1,132 @@
+"""The one error shape of the API, for every error it returns::
+
+    {"error": {"code": "unknown_class", "message": "...", "fields": {"code": "..."}}}
+
+``code`` is stable and machine-readable, ``message`` is a sentence a person can act on
+(what was wrong and what is allowed), ``fields`` maps each offending input field to what
+is wrong with it (empty when the problem is not about one field).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from annotation.errors import ApplicationError
+
+logger = logging.getLogger(__name__)
+
+
+def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
+def _flatten(detail: Any, prefix: str = "") -> dict[str, str]:
+    """DRF's nested error details as {"field" or "field.sub" or "items.0": "message"}."""
+    out: dict[str, str] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key == "non_field_errors":
+                name = prefix or "non_field_errors"
+            out.update(_flatten(value, name))
+    elif isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            out[prefix or "non_field_errors"] = " ".join(str(item) for item in detail)
+        else:
+            for index, item in enumerate(detail):
+                out.update(_flatten(item, f"{prefix}.{index}" if prefix else str(index)))
+    else:
+        out[prefix or "non_field_errors"] = str(detail)
+    return out
+
+
+def _validation_message(fields: dict[str, str]) -> str:
+    parts = [f"{name}: {text}" for name, text in fields.items()]
+    return "The request was not valid. " + "; ".join(parts)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ApplicationError):
+        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "Not found.")
+    if isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        # A bug, not a user error: log the traceback, answer in the same shape.
+        logger.error("unhandled error in %s", context.get("view"), exc_info=exc)
+        return Response(
+            error_body(
+                "server_error",
+                "The server failed to handle this request; the error was logged. "
+                "Try again, and tell an admin if it persists.",
+            ),
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+    if isinstance(exc, exceptions.ValidationError):
+        fields = _flatten(exc.detail)
+        response.data = error_body("invalid", _validation_message(fields), fields)
+        return response
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        message = str(exc.detail)
+        if isinstance(exc, exceptions.NotAuthenticated):
+            message = (
+                "Sign in first: send `Authorization: Token <key>` (ask an admin for a key, "
+                "`manage.py issue_token USER`) or use a browser session."
+            )
+        response.data = error_body(exc.default_code, message)
+        return response
+    if isinstance(exc, exceptions.PermissionDenied):
+        view = context.get("view")
+        rule = None
+        if view is not None:
+            from annotation.api.permissions import declared_rule
+
+            rule = declared_rule(type(view))
+        request = context.get("request")
+        message = str(exc.detail)
+        if rule is not None and request is not None:
+            roles = sorted(rule.allowed(request.method or ""))
+            message = (
+                f"Your role may not {request.method} this endpoint; it is open to: "
+                f"{', '.join(roles) or 'nobody'}."
+            )
+        response.data = error_body("permission_denied", message)
+        return response
+    if isinstance(exc, exceptions.MethodNotAllowed):
+        allowed = response.get("Allow", "")
+        response.data = error_body(
+            "method_not_allowed", f"{exc.detail} Allowed: {allowed or 'none'}."
+        )
+        return response
+    if isinstance(exc, exceptions.Throttled):
+        seconds = getattr(exc, "wait", None)
+        wait = f" Retry in {int(seconds) + 1} s." if seconds is not None else ""
+        response.data = error_body("throttled", f"Too many requests.{wait}")
+        return response
+    if isinstance(exc, exceptions.APIException):
+        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+        response.data = error_body(str(code), str(exc.detail))
+    return response
+
+
+def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """404 for URLs under /api/ that match no route, in the API's error shape."""
+    return JsonResponse(
+        error_body("not_found", f"No API endpoint at {request.path}; see /api/docs/."),
+        status=status.HTTP_404_NOT_FOUND,
+    )

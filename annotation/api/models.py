@@ -1,0 +1,281 @@
+"""Model versions (list, detail with metrics, compare, promote, rollback), training jobs
+(trigger, list, detail, cancel) and the review-queue routing settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation.api.common import paginated, paginated_response, request_user
+from annotation.api.permissions import ADMINS, EVERYONE, Roles
+from annotation.errors import ApplicationError
+from annotation.models import ModelVersion, RoutingConfig, TrainingJob
+from annotation.selectors.model_registry import model_version_compare
+from annotation.services.model_registry import model_version_promote, model_version_rollback
+from annotation.services.routing import routing_config_get, routing_config_update
+from annotation.services.training import training_job_cancel, training_job_create
+
+
+class ModelVersionSerializer(serializers.ModelSerializer[ModelVersion]):
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "name",
+            "arch",
+            "status",
+            "image_size",
+            "temperature",
+            "parent",
+            "triggered_by",
+            "created_at",
+            "promoted_at",
+        ]
+
+
+class ModelVersionDetailSerializer(ModelVersionSerializer):
+    class Meta(ModelVersionSerializer.Meta):
+        fields = [
+            *ModelVersionSerializer.Meta.fields,
+            "class_codes",
+            "metrics",
+            "per_class_tpr",
+            "training_snapshot",
+        ]
+
+
+def _versions() -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.defer("metrics", "training_snapshot").order_by("-created_at", "-id")
+
+
+def _version_or_404(version_id: int) -> ModelVersion:
+    try:
+        return ModelVersion.objects.get(pk=version_id)
+    except ModelVersion.DoesNotExist:
+        raise ApplicationError(
+            f"Model version {version_id} does not exist.", code="not_found", status=404
+        ) from None
+
+
+class ModelVersionListApi(APIView):
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=ModelVersion.Status.choices, required=False)
+
+    @extend_schema(
+        operation_id="model_versions_list",
+        parameters=[FilterSerializer],
+        responses=paginated(ModelVersionSerializer),
+    )
+    def get(self, request: Request) -> Response:
+        params = self.FilterSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        queryset = _versions()
+        if "status" in params.validated_data:
+            queryset = queryset.filter(status=params.validated_data["status"])
+        return paginated_response(
+            request=request, view=self, queryset=queryset, serializer_class=ModelVersionSerializer
+        )
+
+
+class ModelVersionDetailApi(APIView):
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    @extend_schema(responses=ModelVersionDetailSerializer)
+    def get(self, request: Request, version_id: int) -> Response:
+        return Response(ModelVersionDetailSerializer(_version_or_404(version_id)).data)
+
+
+class ModelVersionCompareApi(APIView):
+    """Per-class TPR of two versions on the same validation set, and whether ``b`` would
+    pass the promotion guard against ``a``."""
+
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    class CompareParamsSerializer(serializers.Serializer):
+        a = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+        b = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+
+    @extend_schema(parameters=[CompareParamsSerializer], responses=OpenApiTypes.OBJECT)
+    def get(self, request: Request) -> Response:
+        params = self.CompareParamsSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        return Response(
+            model_version_compare(a_id=params.validated_data["a"], b_id=params.validated_data["b"])
+        )
+
+
+class ModelVersionPromoteApi(APIView):
+    """Make a candidate the active version. Refused (409) if it regresses against the
+    active one, unless ``force`` is true."""
+
+    permission_classes = [Roles(POST=ADMINS)]
+
+    class PromoteInputSerializer(serializers.Serializer):
+        force = serializers.BooleanField(default=False)
+
+    @extend_schema(request=PromoteInputSerializer, responses=ModelVersionDetailSerializer)
+    def post(self, request: Request, version_id: int) -> Response:
+        data = self.PromoteInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = model_version_promote(
+            version_id=version_id, user=request_user(request), force=data.validated_data["force"]
+        )
+        return Response(ModelVersionDetailSerializer(version).data)
+
+
+class ModelVersionRollbackApi(APIView):
+    """Make an earlier (retired) version active again."""
+
+    permission_classes = [Roles(POST=ADMINS)]
+
+    @extend_schema(request=None, responses=ModelVersionDetailSerializer)
+    def post(self, request: Request, version_id: int) -> Response:
+        version = model_version_rollback(version_id=version_id, user=request_user(request))
+        return Response(ModelVersionDetailSerializer(version).data)
+
+
+# --- training jobs ------------------------------------------------------------------------
+
+
+class TrainingJobSerializer(serializers.ModelSerializer[TrainingJob]):
+    result_version_name = serializers.CharField(
+        source="result_version.name", allow_null=True, default=None
+    )
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+
+    class Meta:
+        model = TrainingJob
+        fields = [
+            "id",
+            "trigger",
+            "status",
+            "progress",
+            "error",
+            "params",
+            "result_version",
+            "result_version_name",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "heartbeat_at",
+        ]
+
+
+class TrainingJobDetailSerializer(TrainingJobSerializer):
+    class Meta(TrainingJobSerializer.Meta):
+        fields = [*TrainingJobSerializer.Meta.fields, "log_tail"]
+
+
+def _jobs() -> QuerySet[TrainingJob]:
+    return TrainingJob.objects.select_related("result_version", "created_by").order_by(
+        "-created_at", "-id"
+    )
+
+
+class TrainingJobListCreateApi(APIView):
+    """GET: training jobs, newest first. POST: start retraining now (admins; 409 while
+    another job is queued or running)."""
+
+    permission_classes = [Roles(GET=EVERYONE, POST=ADMINS)]
+
+    class TrainingJobCreateInputSerializer(serializers.Serializer):
+        params = serializers.DictField(
+            required=False, default=dict, help_text="overrides of the training flags"
+        )
+
+    @extend_schema(operation_id="training_jobs_list", responses=paginated(TrainingJobSerializer))
+    def get(self, request: Request) -> Response:
+        return paginated_response(
+            request=request, view=self, queryset=_jobs(), serializer_class=TrainingJobSerializer
+        )
+
+    @extend_schema(
+        request=TrainingJobCreateInputSerializer, responses={201: TrainingJobDetailSerializer}
+    )
+    def post(self, request: Request) -> Response:
+        data = self.TrainingJobCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = training_job_create(
+            trigger=TrainingJob.Trigger.API,
+            user=request_user(request),
+            params=data.validated_data["params"],
+        )
+        return Response(TrainingJobDetailSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+class TrainingJobDetailApi(APIView):
+    permission_classes = [Roles(GET=EVERYONE)]
+
+    @extend_schema(responses=TrainingJobDetailSerializer)
+    def get(self, request: Request, job_id: int) -> Response:
+        try:
+            job = _jobs().get(pk=job_id)
+        except TrainingJob.DoesNotExist:
+            raise ApplicationError(
+                f"Training job {job_id} does not exist.", code="not_found", status=404
+            ) from None
+        return Response(TrainingJobDetailSerializer(job).data)
+
+
+class TrainingJobCancelApi(APIView):
+    permission_classes = [Roles(POST=ADMINS)]
+
+    @extend_schema(request=None, responses=TrainingJobDetailSerializer)
+    def post(self, request: Request, job_id: int) -> Response:
+        job = training_job_cancel(job_id=job_id, user=request_user(request))
+        return Response(TrainingJobDetailSerializer(job).data)
+
+
+# --- routing settings ---------------------------------------------------------------------
+
+
+class RoutingConfigSerializer(serializers.ModelSerializer[RoutingConfig]):
+    class Meta:
+        model = RoutingConfig
+        fields = [
+            "confidence_threshold",
+            "weak_class_tpr",
+            "audit_rate",
+            "strategy",
+            "lease_seconds",
+            "retrain_min_new_labels",
+            "updated_at",
+        ]
+        read_only_fields = ["updated_at"]
+
+
+class RoutingConfigApi(APIView):
+    """The review-queue thresholds. PATCH (admins) changes some of them; new queue items
+    use the new values."""
+
+    permission_classes = [Roles(GET=EVERYONE, PATCH=ADMINS)]
+
+    class RoutingConfigUpdateSerializer(serializers.Serializer):
+        confidence_threshold = serializers.FloatField(required=False)
+        weak_class_tpr = serializers.FloatField(required=False)
+        audit_rate = serializers.FloatField(required=False)
+        strategy = serializers.CharField(required=False, max_length=32)
+        lease_seconds = serializers.IntegerField(required=False)
+        retrain_min_new_labels = serializers.IntegerField(required=False)
+
+    @extend_schema(responses=RoutingConfigSerializer)
+    def get(self, request: Request) -> Response:
+        return Response(RoutingConfigSerializer(routing_config_get()).data)
+
+    @extend_schema(request=RoutingConfigUpdateSerializer, responses=RoutingConfigSerializer)
+    def patch(self, request: Request) -> Response:
+        data = self.RoutingConfigUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields: dict[str, Any] = dict(data.validated_data)
+        config = routing_config_update(user=request_user(request), **fields)
+        return Response(RoutingConfigSerializer(config).data)

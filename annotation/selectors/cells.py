@@ -1,0 +1,146 @@
+"""Reading cells: the filtered list, one cell with everything known about it, history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet, TextField
+from django.db.models.functions import Cast
+
+from annotation.errors import ApplicationError
+from annotation.models import CellImage, Label, Prediction, ReviewItem, Segmentation
+
+OPEN_ITEM_STATUSES = (ReviewItem.Status.QUEUED, ReviewItem.Status.LEASED)
+LABEL_STATUSES = ("labelled", "unlabelled", "conflict")
+
+
+@dataclass(frozen=True)
+class CellFilters:
+    case_id: int | None = None
+    predicted: str | None = None  # the active model's top class
+    label: str | None = None  # the current label's code
+    label_status: str | None = None  # labelled | unlabelled | conflict
+    label_source: str | None = None
+    confidence_min: float | None = None  # the active model's confidence
+    confidence_max: float | None = None
+    queue_reason: str | None = None  # a reason of the cell's open review item
+
+
+def _active_predictions() -> QuerySet[Prediction]:
+    return (
+        Prediction.objects.filter(model_version__status="active")
+        .select_related("model_version")
+        .defer("features", "model_version__metrics", "model_version__training_snapshot")
+    )
+
+
+def cell_list(*, filters: CellFilters | None = None) -> QuerySet[CellImage]:
+    """Cells in id order with their current label, the active model's prediction and the
+    open review item prefetched: a fixed number of queries per page."""
+    f = filters or CellFilters()
+    qs = CellImage.objects.select_related("case", "current_label__annotator").prefetch_related(
+        Prefetch("predictions", queryset=_active_predictions(), to_attr="active_predictions"),
+        Prefetch(
+            "review_items",
+            queryset=ReviewItem.objects.filter(status__in=OPEN_ITEM_STATUSES),
+            to_attr="open_review_items",
+        ),
+    )
+    if f.case_id is not None:
+        qs = qs.filter(case_id=f.case_id)
+    if f.label:
+        qs = qs.filter(current_label__code=f.label)
+    if f.label_source:
+        qs = qs.filter(current_label__source=f.label_source)
+    if f.label_status == "labelled":
+        qs = qs.filter(current_label__isnull=False)
+    elif f.label_status == "unlabelled":
+        qs = qs.filter(current_label__isnull=True)
+    elif f.label_status == "conflict":
+        qs = qs.filter(has_label_conflict=True)
+    if f.predicted or f.confidence_min is not None or f.confidence_max is not None:
+        preds = Prediction.objects.filter(cell=OuterRef("pk"), model_version__status="active")
+        if f.predicted:
+            preds = preds.filter(top_code=f.predicted)
+        if f.confidence_min is not None:
+            preds = preds.filter(confidence__gte=f.confidence_min)
+        if f.confidence_max is not None:
+            preds = preds.filter(confidence__lte=f.confidence_max)
+        qs = qs.filter(Exists(preds))
+    if f.queue_reason:
+        # Reasons are a JSON list; matching the quoted name in its text works on
+        # PostgreSQL and on the embedded SQLite alike.
+        items = ReviewItem.objects.annotate(reasons_text=Cast("reasons", TextField())).filter(
+            cell=OuterRef("pk"),
+            status__in=OPEN_ITEM_STATUSES,
+            reasons_text__contains=f'"{f.queue_reason}"',
+        )
+        qs = qs.filter(Exists(items))
+    return qs.order_by("id")
+
+
+def cell_get(*, cell_id: int) -> CellImage:
+    """One cell with its predictions (every model version), segmentations, labels and
+    review items, each fetched once."""
+    qs = CellImage.objects.select_related("case", "current_label__annotator").prefetch_related(
+        Prefetch(
+            "predictions",
+            queryset=Prediction.objects.select_related("model_version")
+            .defer("features", "model_version__metrics", "model_version__training_snapshot")
+            .order_by("-model_version__created_at", "-id"),
+        ),
+        Prefetch("segmentations", queryset=Segmentation.objects.order_by("-created_at", "-id")),
+        Prefetch("labels", queryset=Label.objects.select_related("annotator").order_by("id")),
+        Prefetch("review_items", queryset=ReviewItem.objects.order_by("-created_at", "-id")),
+    )
+    try:
+        return qs.get(pk=cell_id)
+    except CellImage.DoesNotExist:
+        raise ApplicationError(
+            f"Cell {cell_id} does not exist.", code="not_found", status=404
+        ) from None
+
+
+def cell_label_history(*, cell_id: int) -> QuerySet[Label]:
+    if not CellImage.objects.filter(pk=cell_id).exists():
+        raise ApplicationError(f"Cell {cell_id} does not exist.", code="not_found", status=404)
+    return Label.objects.filter(cell_id=cell_id).select_related("annotator").order_by("id")
+
+
+def segmentation_get(*, segmentation_id: int) -> Segmentation:
+    try:
+        return Segmentation.objects.get(pk=segmentation_id)
+    except Segmentation.DoesNotExist:
+        raise ApplicationError(
+            f"Segmentation {segmentation_id} does not exist.", code="not_found", status=404
+        ) from None
+
+
+def cell_ids_matching(*, filters: CellFilters) -> QuerySet[CellImage]:
+    """The same filters without the prefetches, for counting and exporting."""
+    return cell_list(filters=filters).prefetch_related(None).select_related(None)
+
+
+__all__ = [
+    "LABEL_STATUSES",
+    "CellFilters",
+    "cell_get",
+    "cell_ids_matching",
+    "cell_label_history",
+    "cell_list",
+    "segmentation_get",
+]
+
+
+def cell_thumbnail_jpeg(*, cell: CellImage, size: int = 96) -> bytes:
+    """A small JPEG of the cell, made on request (a 360 px crop resizes in ~2 ms)."""
+    import io
+
+    from PIL import Image
+
+    with cell.image.open("rb") as fh, Image.open(fh) as original:
+        small = original.convert("RGB")
+        small.thumbnail((size, size))
+        out = io.BytesIO()
+        small.save(out, "JPEG", quality=85)
+    return out.getvalue()
