@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def model_version_register(
     """Validate a checkpoint file and store it as a model version."""
     try:
         ckpt = load_checkpoint(checkpoint_path)
-    except (CheckpointError, OSError, RuntimeError) as exc:
+    except (CheckpointError, OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
         raise ApplicationError(f"{checkpoint_path} is not a usable checkpoint: {exc}") from None
     metrics = metrics if metrics is not None else dict(ckpt["metrics"])
     with transaction.atomic():

@@ -1,0 +1,107 @@
+"""Model registry: the promotion guard, forced promotion, rollback, re-scoring after."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from annotation.errors import ApplicationError
+from annotation.models import AuditEvent, ModelVersion
+from annotation.selectors.model_registry import model_version_active, model_version_compare
+from annotation.services.model_registry import (
+    model_version_promote,
+    model_version_register,
+    model_version_rollback,
+)
+from tests.annotation.pipeline.fixtures import tiny_checkpoint
+
+pytestmark = pytest.mark.django_db
+
+
+def _register(tmp_path: Path, name: str, **metrics) -> ModelVersion:
+    return model_version_register(
+        checkpoint_path=tiny_checkpoint(tmp_path / f"{name}.pt", **metrics), name=name
+    )
+
+
+def test_first_version_is_promoted_and_an_improving_candidate_replaces_it(tmp_path: Path) -> None:
+    v1 = _register(tmp_path, "v1", balanced=0.80, tpr={"MY": 0.60})
+    model_version_promote(version_id=v1.pk, user=None)
+    v2 = _register(tmp_path, "v2", balanced=0.85, tpr={"MY": 0.70})
+    model_version_promote(version_id=v2.pk, user=None)
+    v1.refresh_from_db()
+    assert model_version_active() == v2 and v1.status == "retired"
+    assert AuditEvent.objects.filter(action="model.promote").count() == 2
+
+
+def test_a_regressing_candidate_is_held_back_with_the_reason(tmp_path: Path) -> None:
+    v1 = _register(tmp_path, "v1", balanced=0.85, tpr={"MY": 0.80})
+    model_version_promote(version_id=v1.pk, user=None)
+    worse_class = _register(tmp_path, "v2", balanced=0.90, tpr={"MY": 0.70})
+    with pytest.raises(ApplicationError) as err:
+        model_version_promote(version_id=worse_class.pk, user=None)
+    assert err.value.status == 409 and "MY TPR drops from 0.80 to 0.70" in err.value.message
+    worse_overall = _register(tmp_path, "v3", balanced=0.84, tpr={"MY": 0.80})
+    with pytest.raises(ApplicationError, match="balanced accuracy drops"):
+        model_version_promote(version_id=worse_overall.pk, user=None)
+    assert model_version_active() == v1
+    comparison = model_version_compare(a_id=v1.pk, b_id=worse_class.pk)
+    assert comparison["per_class_tpr"]["MY"]["delta"] == pytest.approx(-0.10)
+    assert comparison["guard_b_over_a"]["passes"] is False
+    # An admin may overrule the guard; the audit trail says so.
+    model_version_promote(version_id=worse_class.pk, user=None, force=True)
+    assert model_version_active() == worse_class
+    assert AuditEvent.objects.filter(action="model.promote").last().after["forced"] is True
+
+
+def test_rollback_returns_to_a_retired_version_only(tmp_path: Path) -> None:
+    v1 = _register(tmp_path, "v1")
+    model_version_promote(version_id=v1.pk, user=None)
+    v2 = _register(tmp_path, "v2", balanced=0.9)
+    model_version_promote(version_id=v2.pk, user=None)
+    with pytest.raises(ApplicationError, match="rollback returns to a retired version"):
+        model_version_rollback(version_id=v2.pk, user=None)
+    model_version_rollback(version_id=v1.pk, user=None)
+    v2.refresh_from_db()
+    assert model_version_active() == v1 and v2.status == "retired"
+
+
+def test_a_broken_checkpoint_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ApplicationError, match="not a usable checkpoint"):
+        model_version_register(checkpoint_path=bad)
+    assert not ModelVersion.objects.exists()
+
+
+def test_operator_commands(tmp_path: Path) -> None:
+    out = io.StringIO()
+    call_command(
+        "register_model",
+        str(tiny_checkpoint(tmp_path / "a.pt")),
+        "--name",
+        "base",
+        "--activate",
+        stdout=out,
+    )
+    assert "registered base (resnet18, active)" in out.getvalue()
+    call_command(
+        "register_model",
+        str(tiny_checkpoint(tmp_path / "b.pt", balanced=0.5)),
+        "--name",
+        "worse",
+        stdout=out,
+    )
+    with pytest.raises(CommandError, match="balanced accuracy drops"):
+        call_command("promote", "worse", stdout=out)
+    call_command("promote", "worse", "--force", stdout=out)
+    call_command("rollback", "base", stdout=out)
+    assert model_version_active().name == "base"
+    with pytest.raises(CommandError, match="No model version 'nope'"):
+        call_command("promote", "nope")
+    call_command("queue_stats", "--json", stdout=out)
+    assert '"queued": 0' in out.getvalue()
