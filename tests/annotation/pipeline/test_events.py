@@ -26,8 +26,9 @@ class _UserInjector:
     """Puts a user in the scope the way the session middleware would."""
 
     def __init__(self, user) -> None:
-        from annotation.routing import websocket_urlpatterns
         from channels.routing import URLRouter
+
+        from annotation.routing import websocket_urlpatterns
 
         self.user = user
         self.inner = URLRouter(websocket_urlpatterns)
