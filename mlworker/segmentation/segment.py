@@ -33,6 +33,7 @@ class SegmentationParams:
     smoothness_bw: float = 4.0
     smoothness_nc: float = 1.0
     init_radius: float = 1.4
+    neck_width: float = 0.25
     max_centre_distance: float = 0.5
     min_contrast: float = 0.02
 
@@ -214,10 +215,22 @@ def _log_likelihood_ratio(bins: np.ndarray, fg: np.ndarray, n_bins: int) -> np.n
 
 
 def _component_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected parts of ``mask`` that overlap ``seed``, with holes filled."""
     components, _ = ndi.label(mask)
-    keep = np.unique(components[seed & mask])
-    keep = keep[keep > 0]
-    return np.asarray(ndi.binary_fill_holes(np.isin(components, keep)))
+    keep = np.zeros(int(components.max()) + 1, dtype=bool)
+    keep[components[seed & mask]] = True
+    keep[0] = False
+    return _fill_holes(keep[components])
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Like ``ndi.binary_fill_holes`` but by labelling the complement, several times faster."""
+    outside, _ = ndi.label(~mask)
+    open_to_border = np.zeros(int(outside.max()) + 1, dtype=bool)
+    for edge in (outside[0, :], outside[-1, :], outside[:, 0], outside[:, -1]):
+        open_to_border[edge] = True
+    open_to_border[0] = True
+    return mask | ~open_to_border[outside]
 
 
 def _wbc_graph_cut(
@@ -263,7 +276,29 @@ def _wbc_graph_cut(
         mask = _component_touching(mask, seed.nucleus)
     if not mask.any():
         return None
+    if params.neck_width > 0:
+        radius = params.neck_width * float(np.sqrt(mask.sum() / np.pi))
+        mask = _cut_necks(mask, seed.nucleus, radius)
     return mask
+
+
+def _cut_necks(mask: np.ndarray, seed: np.ndarray, radius: float) -> np.ndarray:
+    """Drop parts joined to the cell only through a neck narrower than ``2 * radius``.
+
+    A neighbouring cell or a red cell that touches the WBC is the usual cause of a bad BW
+    cut; the WBC itself is compact. This is a morphological opening of the component that
+    holds the nucleus, restored to the cut's own outline.
+    """
+    depth = ndi.distance_transform_edt(mask)
+    core = depth > radius
+    if not (core & seed).any():
+        return mask
+    components, _ = ndi.label(core)
+    keep = np.zeros(int(components.max()) + 1, dtype=bool)
+    keep[components[core & seed]] = True
+    keep[0] = False
+    reach = ndi.distance_transform_edt(~keep[components]) <= radius + 1.5
+    return _component_touching(mask & reach, seed)
 
 
 _TEXTURE_BINS = 8
@@ -363,7 +398,7 @@ def _quality(small: np.ndarray, wbc: np.ndarray, nucleus: np.ndarray) -> float:
     area = float(wbc.sum())
     if area == 0 or not nucleus.any():
         return 0.0
-    filled = ndi.binary_fill_holes(wbc)
+    filled = _fill_holes(wbc)
     perimeter = float(np.sum(filled ^ ndi.binary_erosion(filled)))
     compactness = min(1.0, 4.0 * np.pi * area / max(perimeter, 1.0) ** 2 * 1.2)
     ring = ndi.binary_dilation(wbc, iterations=2) & ~wbc
