@@ -99,7 +99,18 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             rule = declared_rule(type(view))
         request = context.get("request")
         message = str(exc.detail)
-        if rule is not None and request is not None:
+        if message.startswith("CSRF Failed"):
+            response.data = error_body(
+                "csrf_failed",
+                f"{message} Browser sessions must send the csrftoken cookie's value in the "
+                "X-CSRFToken header; scripts should use `Authorization: Token <key>`.",
+            )
+            return response
+        if (
+            rule is not None
+            and request is not None
+            and message == str(exceptions.PermissionDenied.default_detail)
+        ):
             roles = sorted(rule.allowed(request.method or ""))
             message = (
                 f"Your role may not {request.method} this endpoint; it is open to: "
