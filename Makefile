@@ -5,11 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := docker-compose
+APT_PACKAGES := docker-compose chromium
 
-.PHONY: setup run test lint typecheck format migrate demo bench clean
+.PHONY: setup apt frontend run test lint typecheck format migrate demo bench clean
 
-setup: $(VENV)/.installed apt
+setup: $(VENV)/.installed apt frontend
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,12 +17,19 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-# System packages: docker-compose validates docker-compose.yml offline in the tests.
+# System packages: docker-compose validates docker-compose.yml offline in the tests;
+# Chromium runs the end-to-end browser tests.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# The browser UI: TypeScript built by Vite into static files Django serves (no CDN).
+frontend:
+	@if [ -f frontend/package.json ]; then \
+	  cd frontend && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && npm run build; \
 	fi
 
 migrate: setup
