@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
-from annotation.api.common import paginated, paginated_response
+from annotation.api.common import Choice, paginated, paginated_response
 from annotation.api.permissions import ADMINS, EVERYONE, PUBLIC, Roles, user_roles
 from annotation.services.roles import ADMIN, ROLES
 from annotation.services.users import user_create_with_role
@@ -81,7 +81,7 @@ class UserListCreateApi(APIView):
     class UserCreateInputSerializer(serializers.Serializer):
         username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150)
         password = serializers.CharField(min_length=12, max_length=128, write_only=True)
-        role = serializers.ChoiceField(choices=ROLES)
+        role = Choice(choices=ROLES)
 
     @extend_schema(operation_id="users_list", responses=paginated(UserSerializer))
     def get(self, request: Request) -> Response:

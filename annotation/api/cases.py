@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation.api.common import paginated, paginated_response, request_user
+from annotation.api.common import Choice, paginated, paginated_response, request_user
 from annotation.api.permissions import ADMINS, EVERYONE, LABELLERS, Roles
 from annotation.models import Case
 from annotation.selectors.cases import CaseFilters, case_differential, case_get, case_list
@@ -80,7 +80,7 @@ class CaseListCreateApi(APIView):
     permission_classes = [Roles(GET=EVERYONE, POST=ADMINS)]
 
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=Case.Status.choices, required=False)
+        status = Choice(choices=Case.Status.choices, required=False)
         diagnosis = serializers.CharField(required=False, help_text="part of the diagnosis")
         created_from = serializers.DateField(required=False, help_text="YYYY-MM-DD, inclusive")
         created_to = serializers.DateField(required=False, help_text="YYYY-MM-DD, inclusive")

@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.api.common import (
+    Choice,
     Diff14Field,
     ErrorSerializer,
     paginated,
@@ -200,8 +201,8 @@ class CellListApi(APIView):
         case = serializers.IntegerField(required=False, min_value=1, help_text="case id")
         predicted = Diff14Field(required=False, help_text="the active model's top class")
         label = Diff14Field(required=False, help_text="the current label's class")  # type: ignore[assignment]
-        label_status = serializers.ChoiceField(choices=LABEL_STATUSES, required=False)
-        label_source = serializers.ChoiceField(choices=Label.Source.choices, required=False)
+        label_status = Choice(choices=LABEL_STATUSES, required=False)
+        label_source = Choice(choices=Label.Source.choices, required=False)
         confidence_min = serializers.FloatField(required=False, min_value=0, max_value=1)
         confidence_max = serializers.FloatField(required=False, min_value=0, max_value=1)
         queue_reason = serializers.CharField(

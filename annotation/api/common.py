@@ -58,6 +58,19 @@ def paginated(serializer_class: type[serializers.BaseSerializer[Any]]) -> type:
     return _PAGED[serializer_class]
 
 
+class Choice(serializers.ChoiceField):
+    """A choice whose error names the allowed values."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError:
+            allowed = ", ".join(str(c) for c in self.choices)
+            raise serializers.ValidationError(
+                f"{str(data)[:64]!r} is not allowed; use one of {allowed}.", code="invalid_choice"
+            ) from None
+
+
 class Diff14Field(serializers.ChoiceField):
     """A 14-Diff code; lower case is accepted, the error lists the allowed codes."""
 

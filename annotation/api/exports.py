@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.api.common import (
+    Choice,
     Diff14Field,
     ErrorSerializer,
     paginated,
@@ -108,18 +109,18 @@ class ExportApi(APIView):
     permission_classes = [Roles(GET=EXPORTERS)]
 
     class ExportParamsSerializer(serializers.Serializer):
-        format = serializers.ChoiceField(choices=FORMATS, default="imagefolder")
+        format = Choice(choices=FORMATS, default="imagefolder")
         case = serializers.IntegerField(required=False, min_value=1, help_text="case id")
         label = Diff14Field(required=False, help_text="only cells currently labelled so")  # type: ignore[assignment]
-        label_source = serializers.ChoiceField(choices=Label.Source.choices, required=False)
-        label_status = serializers.ChoiceField(choices=LABEL_STATUSES, default="labelled")
+        label_source = Choice(choices=Label.Source.choices, required=False)
+        label_status = Choice(choices=LABEL_STATUSES, default="labelled")
         since = serializers.DateTimeField(
             required=False,
             help_text="labels given (or unlabelled cells imported) at or after this time; "
             "a date means its midnight UTC",
             input_formats=["iso-8601", "%Y-%m-%d"],
         )
-        mode = serializers.ChoiceField(
+        mode = Choice(
             choices=["auto", "job"],
             default="auto",
             help_text="job: always build the zip in the background",

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation.api.common import paginated, paginated_response, request_user
+from annotation.api.common import Choice, paginated, paginated_response, request_user
 from annotation.api.permissions import ADMINS, EVERYONE, Roles
 from annotation.errors import ApplicationError
 from annotation.models import ModelVersion, RoutingConfig, TrainingJob
@@ -68,7 +68,7 @@ class ModelVersionListApi(APIView):
     permission_classes = [Roles(GET=EVERYONE)]
 
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=ModelVersion.Status.choices, required=False)
+        status = Choice(choices=ModelVersion.Status.choices, required=False)
 
     @extend_schema(
         operation_id="model_versions_list",
