@@ -221,6 +221,7 @@ _PARAM_HELP = {
     "smoothness_nc": "boundary smoothness weight of the nucleus/cytoplasm cut",
     "init_radius": "initial WBC radius as a multiple of the central nucleus radius",
     "neck_width": "cut off parts joined through necks narrower than this x WBC radius",
+    "cut_margin": "BW cut box: the mask's box grown by this x its radius (+4 px)",
     "max_centre_distance": "fail when the nucleus is farther from the centre (0..1)",
     "min_contrast": "fail as uniform when every channel's std is below this (0..1)",
 }

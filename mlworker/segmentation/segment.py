@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu, threshold_otsu
+from skimage.morphology import convex_hull_image
 from skimage.segmentation import slic
 
 from mlworker.segmentation.graphcut import contrast_weights, grid_graph_cut
@@ -34,6 +35,7 @@ class SegmentationParams:
     smoothness_nc: float = 1.0
     init_radius: float = 1.4
     neck_width: float = 0.25
+    cut_margin: float = 0.5
     max_centre_distance: float = 0.5
     min_contrast: float = 0.02
 
@@ -272,14 +274,41 @@ def _wbc_graph_cut(
         cost_fg = -data + prior
         cost_fg[border] = _HARD
         cost_bg = np.where(seed.nucleus, _HARD, 0.0)
-        mask = grid_graph_cut(cost_fg, cost_bg, weight_right, weight_down)
+        # The cut only moves the outline locally, so solve it in a box around the current
+        # mask (everything outside stays background): two to three times fewer nodes.
+        margin = params.cut_margin * np.sqrt(mask.sum() / np.pi) + 4.0
+        rows_, cols_ = _box(mask, margin)
+        cost_fg = cost_fg[rows_, cols_].copy()
+        cost_fg[[0, -1], :] = cost_fg[:, [0, -1]] = _HARD
+        cut = grid_graph_cut(
+            cost_fg,
+            cost_bg[rows_, cols_],
+            weight_right[rows_, cols_.start : cols_.stop - 1],
+            weight_down[rows_.start : rows_.stop - 1, cols_],
+        )
+        mask = np.zeros_like(mask)
+        mask[rows_, cols_] = cut
         mask = _component_touching(mask, seed.nucleus)
+        if params.neck_width > 0 and mask.any():
+            # Cutting necks before the colour models are re-estimated keeps a touching
+            # red cell from being learnt as cytoplasm.
+            radius = params.neck_width * float(np.sqrt(mask.sum() / np.pi))
+            mask = _cut_necks(mask, seed.nucleus, radius)
     if not mask.any():
         return None
-    if params.neck_width > 0:
-        radius = params.neck_width * float(np.sqrt(mask.sum() / np.pi))
-        mask = _cut_necks(mask, seed.nucleus, radius)
     return mask
+
+
+def _box(mask: np.ndarray, margin: float) -> tuple[slice, slice]:
+    """Bounding box of ``mask`` grown by ``margin`` pixels, clipped to the image."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    grow = int(np.ceil(margin))
+    height, width = mask.shape
+    return (
+        slice(max(0, rows[0] - grow), min(height, rows[-1] + grow + 1)),
+        slice(max(0, cols[0] - grow), min(width, cols[-1] + grow + 1)),
+    )
 
 
 def _cut_necks(mask: np.ndarray, seed: np.ndarray, radius: float) -> np.ndarray:
@@ -394,18 +423,26 @@ def _gaussian_log_likelihood(values: np.ndarray, sample: np.ndarray) -> np.ndarr
 
 
 def _quality(small: np.ndarray, wbc: np.ndarray, nucleus: np.ndarray) -> float:
-    """A 0..1 plausibility score from the masks' shape and contrast (see segmentation.md)."""
+    """A 0..1 plausibility score from the masks' shape and contrast (see segmentation.md).
+
+    Solidity (area over convex-hull area) catches the usual failures, a red cell or a
+    neighbour kept in the mask, or pale cytoplasm left out; colour contrast across the
+    outline catches outlines that follow no visible edge. A nucleus share outside
+    10..90 % of the cell, or a mask that reaches the frame, lowers the score further.
+    """
     area = float(wbc.sum())
     if area == 0 or not nucleus.any():
         return 0.0
-    filled = _fill_holes(wbc)
-    perimeter = float(np.sum(filled ^ ndi.binary_erosion(filled)))
-    compactness = min(1.0, 4.0 * np.pi * area / max(perimeter, 1.0) ** 2 * 1.2)
+    solidity = area / float(convex_hull_image(wbc).sum())
+    solidity_score = np.clip((solidity - 0.85) / 0.12, 0.0, 1.0)
     ring = ndi.binary_dilation(wbc, iterations=2) & ~wbc
-    contrast = float(np.linalg.norm(small[wbc].mean(axis=0) - small[ring].mean(axis=0)))
-    contrast_score = min(1.0, contrast / 0.15)
+    rim = wbc & ~ndi.binary_erosion(wbc, iterations=2)
+    if not ring.any() or not rim.any():
+        return 0.0
+    contrast = float(np.linalg.norm(small[rim].mean(axis=0) - small[ring].mean(axis=0)))
+    contrast_score = min(1.0, contrast / 0.1)
     nucleus_share = float(nucleus.sum()) / area
     share_score = 1.0 if 0.1 <= nucleus_share <= 0.9 else 0.3
     touches = wbc[0, :].any() or wbc[-1, :].any() or wbc[:, 0].any() or wbc[:, -1].any()
     border_score = 0.5 if touches else 1.0
-    return float(np.clip(compactness * contrast_score * share_score * border_score, 0.0, 1.0))
+    return float(solidity_score * contrast_score * share_score * border_score)

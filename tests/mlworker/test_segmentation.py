@@ -3,6 +3,7 @@
 import argparse
 import csv
 import io
+import itertools
 import json
 import shutil
 
@@ -19,6 +20,7 @@ from mlworker.segmentation import (
     to_rgb_uint8,
 )
 from mlworker.segmentation.evaluate import get_args_parser, main
+from mlworker.segmentation.graphcut import grid_graph_cut
 from mlworker.segmentation.metrics import dice, iou, pixel_error, segmentation_error_rate
 from tests.paths import SHARED_DATA
 
@@ -303,3 +305,52 @@ def test_real_cellavision_exports_segment_without_failure():
         assert result.ok, (path.name, result.reason)
         assert result.wbc_mask.shape == image.shape[:2]  # 360x363, a few 366x369
         assert result.nucleus_mask.sum() < result.wbc_mask.sum()
+
+
+def test_truncated_file_is_refused_with_its_path(tmp_path):
+    image, _, _ = synthetic_cell()
+    path = tmp_path / "cell.png"
+    Image.fromarray(image).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageFormatError, match=r"cell\.png"):
+        read_image(path)
+
+
+# --- the graph cut itself ------------------------------------------------------------------
+
+
+def grid_energy(mask, cost_fg, cost_bg, weight_right, weight_down):
+    return (
+        cost_fg[mask].sum()
+        + cost_bg[~mask].sum()
+        + (weight_right * (mask[:, 1:] != mask[:, :-1])).sum()
+        + (weight_down * (mask[1:] != mask[:-1])).sum()
+    )
+
+
+def test_graph_cut_finds_the_minimum_energy_labelling_of_small_grids():
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        height, width = rng.integers(1, 4, size=2)
+        cost_fg = rng.normal(size=(height, width))
+        cost_bg = rng.normal(size=(height, width))
+        weight_right = rng.uniform(0, 1, (height, width - 1))
+        weight_down = rng.uniform(0, 1, (height - 1, width))
+        mask = grid_graph_cut(cost_fg, cost_bg, weight_right, weight_down)
+        best = min(
+            grid_energy(np.array(bits, bool).reshape(height, width), cost_fg, cost_bg,
+                        weight_right, weight_down)
+            for bits in itertools.product([0, 1], repeat=int(height * width))
+        )  # fmt: skip
+        energy = grid_energy(mask, cost_fg, cost_bg, weight_right, weight_down)
+        assert energy <= best + 1e-3  # integer rounding of the capacities
+
+
+def test_graph_cut_smooths_a_noisy_square():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((40, 40), bool)
+    truth[10:30, 12:32] = True
+    noisy = truth + rng.normal(0, 0.7, truth.shape)
+    weights = np.ones((40, 39)), np.ones((39, 40))
+    mask = grid_graph_cut((noisy - 1) ** 2, noisy**2, *weights)
+    assert (mask == truth).mean() > 0.97 > 0.9 > ((noisy > 0.5) == truth).mean()
