@@ -1,0 +1,151 @@
+"""Review queue, routing settings, model versions and training jobs over the API."""
+
+from __future__ import annotations
+
+import pytest
+
+from annotation.models import Label, ModelVersion, ReviewItem, TrainingJob
+from tests.annotation.api.conftest import queue
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def queued(smear, active_model, make_cell):
+    """The smear's queued cell plus two more, with increasing priority."""
+    items = list(ReviewItem.objects.all())
+    for priority, cell in ((5.0, make_cell(smear["case"])), (3.0, make_cell(smear["case"]))):
+        item = queue(cell, active_model, ["weak_class", "audit"])
+        item.priority = priority
+        item.save(update_fields=["priority"])
+        items.append(item)
+    return items
+
+
+def test_next_leases_the_best_item_then_submit_stores_one_label(heme_api, queued) -> None:
+    response = heme_api.post("/api/queue/next/")
+    assert response.status_code == 200, response.content
+    item = response.json()
+    assert item["priority"] == 5.0 and item["status"] == "leased" and item["lease_expires_at"]
+    assert item["cell"]["image_url"].endswith("/image/")
+    assert heme_api.post("/api/queue/next/").json()["id"] == item["id"]  # same lease, renewed
+    submitted = heme_api.post(
+        f"/api/queue/items/{item['id']}/submit/", {"code": "bl"}, format="json"
+    )
+    assert submitted.status_code == 201 and submitted.json()["code"] == "BL"
+    assert Label.objects.filter(cell_id=item["cell"]["id"]).count() == 1
+    again = heme_api.post(f"/api/queue/items/{item['id']}/submit/", {"code": "BL"}, format="json")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "lease_lost"
+
+
+def test_someone_elses_lease_cannot_be_submitted(heme_api, admin_api, queued) -> None:
+    item = heme_api.post("/api/queue/next/").json()
+    other = admin_api.post("/api/queue/next/").json()
+    assert other["id"] != item["id"]
+    stolen = admin_api.post(f"/api/queue/items/{item['id']}/submit/", {"code": "NE"}, format="json")
+    assert stolen.status_code == 409
+    bad_code = heme_api.post(
+        f"/api/queue/items/{item['id']}/submit/", {"code": "??"}, format="json"
+    )
+    assert bad_code.status_code == 400 and "code" in bad_code.json()["error"]["fields"]
+
+
+def test_skip_release_flag_and_counts(heme_api, ds_api, queued) -> None:
+    counts = ds_api.get("/api/queue/counts/").json()
+    assert counts["queued"] == 3 and counts["by_reason"]["audit"] == 2
+    first = heme_api.post("/api/queue/next/").json()
+    flagged = heme_api.post(
+        f"/api/queue/items/{first['id']}/flag/", {"flagged": True}, format="json"
+    )
+    assert flagged.status_code == 200 and flagged.json()["flagged"] is True
+    assert heme_api.post(f"/api/queue/items/{first['id']}/skip/").status_code == 204
+    second = heme_api.post("/api/queue/next/").json()
+    assert second["id"] != first["id"]  # a skipped item does not come back to the skipper
+    assert heme_api.post(f"/api/queue/items/{second['id']}/release/").status_code == 204
+    assert ReviewItem.objects.get(pk=second["id"]).status == "queued"
+    assert heme_api.post("/api/queue/items/999999/skip/").status_code == 404
+
+
+def test_empty_queue_is_204(heme_api, db) -> None:
+    assert heme_api.post("/api/queue/next/").status_code == 204
+
+
+def test_routing_settings_are_read_by_all_and_changed_by_admins(admin_api, heme_api, db) -> None:
+    assert heme_api.get("/api/routing-config/").json()["confidence_threshold"] == 0.8
+    changed = admin_api.patch("/api/routing-config/", {"confidence_threshold": 0.7}, format="json")
+    assert changed.status_code == 200 and changed.json()["confidence_threshold"] == 0.7
+    bad = admin_api.patch("/api/routing-config/", {"audit_rate": 3}, format="json")
+    assert bad.status_code == 400 and "audit_rate" in bad.json()["error"]["fields"]
+
+
+def _metrics(ba: float, ne: float) -> dict:
+    return {"balanced_accuracy": ba, "per_class": {"NE": {"tpr": ne}, "LY": {"tpr": 0.9}}}
+
+
+@pytest.fixture
+def versions(db):
+    active = ModelVersion.objects.create(
+        name="v1",
+        arch="resnet152",
+        status="active",
+        metrics=_metrics(0.85, 0.9),
+        checkpoint="models/v1.pt",
+    )
+    better = ModelVersion.objects.create(
+        name="v2",
+        arch="resnet152",
+        status="candidate",
+        class_codes=["NE", "LY"],
+        metrics=_metrics(0.88, 0.92),
+    )
+    worse = ModelVersion.objects.create(
+        name="v3", arch="resnet152", status="candidate", metrics=_metrics(0.80, 0.70)
+    )
+    return active, better, worse
+
+
+def test_model_versions_list_detail_and_compare(ds_api, versions) -> None:
+    active, better, _ = versions
+    listing = ds_api.get("/api/model-versions/").json()
+    assert {v["name"] for v in listing["results"]} == {"v1", "v2", "v3"}
+    assert ds_api.get("/api/model-versions/?status=active").json()["count"] == 1
+    detail = ds_api.get(f"/api/model-versions/{better.pk}/").json()
+    assert detail["metrics"]["balanced_accuracy"] == 0.88
+    compare = ds_api.get(f"/api/model-versions/compare/?a={active.pk}&b={better.pk}").json()
+    assert compare["per_class_tpr"]["NE"]["delta"] == pytest.approx(0.02)
+    assert compare["guard_b_over_a"]["passes"] is True
+    missing = ds_api.get(f"/api/model-versions/compare/?a={active.pk}&b=999999")
+    assert missing.status_code == 404
+    assert ds_api.get("/api/model-versions/compare/?a=x").status_code == 400
+
+
+def test_promotion_is_guarded_unless_forced_and_rollback_returns(admin_api, versions) -> None:
+    active, better, worse = versions
+    refused = admin_api.post(f"/api/model-versions/{worse.pk}/promote/", {}, format="json")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "regression"
+    assert "NE TPR drops" in refused.json()["error"]["message"]
+    promoted = admin_api.post(f"/api/model-versions/{better.pk}/promote/", {}, format="json")
+    assert promoted.status_code == 200 and promoted.json()["status"] == "active"
+    back = admin_api.post(f"/api/model-versions/{active.pk}/rollback/")
+    assert back.status_code == 200 and back.json()["status"] == "active"
+    forced = admin_api.post(
+        f"/api/model-versions/{worse.pk}/promote/", {"force": True}, format="json"
+    )
+    assert forced.status_code == 200
+
+
+def test_training_jobs_trigger_list_detail_cancel(admin_api, ds_api, db) -> None:
+    created = admin_api.post("/api/training-jobs/", {"params": {"epochs": 1}}, format="json")
+    assert created.status_code == 201, created.content
+    job = created.json()
+    assert job["trigger"] == "api" and job["status"] == "queued"
+    busy = admin_api.post("/api/training-jobs/", {}, format="json")
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "training_busy"
+    assert ds_api.get("/api/training-jobs/").json()["count"] == 1
+    assert ds_api.get(f"/api/training-jobs/{job['id']}/").json()["params"] == {"epochs": 1}
+    cancelled = admin_api.post(f"/api/training-jobs/{job['id']}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert TrainingJob.objects.get(pk=job["id"]).lock is None
+    again = admin_api.post(f"/api/training-jobs/{job['id']}/cancel/")
+    assert again.status_code == 409
+    assert ds_api.get("/api/training-jobs/424242/").status_code == 404
