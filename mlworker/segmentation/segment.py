@@ -17,6 +17,8 @@ from mlworker.segmentation.imageio import encode_label_png, label_image, to_rgb_
 
 # A cost no finite data term can beat: pins a pixel to one side of the cut.
 _HARD = 1e3
+# Equal-population bins of the texture feature (its scale differs between scanners).
+_TEXTURE_BINS = 8
 
 
 @dataclass(frozen=True)
@@ -269,8 +271,14 @@ def _wbc_graph_cut(
             llr = llr + params.texture_weight * _log_likelihood_ratio_1d(
                 texture_bins, mask, _TEXTURE_BINS
             )
-        sp_llr = np.bincount(flat, weights=llr.ravel(), minlength=n) / sp.count
-        data = (1.0 - params.superpixel_weight) * llr + params.superpixel_weight * sp_llr[segments]
+        data = llr
+        if params.superpixel_weight > 0:
+            # The paper's per-superpixel decision, as a share of the data term (measured
+            # worse than per-pixel, so off by default; see segmentation.md).
+            sp_llr = np.bincount(flat, weights=llr.ravel(), minlength=n) / sp.count
+            data = (1.0 - params.superpixel_weight) * llr + params.superpixel_weight * sp_llr[
+                segments
+            ]
         cost_fg = -data + prior
         cost_fg[border] = _HARD
         cost_bg = np.where(seed.nucleus, _HARD, 0.0)
@@ -330,9 +338,6 @@ def _cut_necks(mask: np.ndarray, seed: np.ndarray, radius: float) -> np.ndarray:
     return _component_touching(mask & reach, seed)
 
 
-_TEXTURE_BINS = 8
-
-
 def _quantile_bins(values: np.ndarray, bins: int) -> np.ndarray:
     edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
     return np.searchsorted(edges, values)
@@ -365,8 +370,8 @@ def _nucleus_graph_cut(
 ) -> np.ndarray:
     """Split the WBC into nucleus and cytoplasm.
 
-    The feature is darkness in green plus blueness (B - G): purple chromatin is dark and
-    blue, while eosinophil granules, which are as dark, are orange. Two Gaussians fitted
+    The feature is ``B - 2G``, darkness in green plus blueness (B - G): purple chromatin is
+    dark and blue, while eosinophil granules, which are as dark, are orange. Two Gaussians fitted
     to the Otsu split of that feature give the data term; a contrast-sensitive graph cut
     gives smooth outlines.
     """
