@@ -219,3 +219,11 @@ def housekeeping() -> dict[str, Any]:
     from annotation.services.training import training_jobs_fail_stale
 
     return {"leases_expired": review_leases_expire(), "jobs_failed": training_jobs_fail_stale()}
+
+
+@shared_task(name="mlworker.tasks.broadcast_queue_counts", ignore_result=True)
+def broadcast_queue_counts() -> bool:
+    """Every second (beat): send the review-queue counts if they changed."""
+    from annotation.services.events import queue_counts_flush
+
+    return queue_counts_flush()

@@ -24,6 +24,11 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
             "schedule": crontab(minute, hour, weekday, day, month),
             "options": {"queue": "cpu"},
         },
+        "broadcast-queue-counts": {
+            "task": "mlworker.tasks.broadcast_queue_counts",
+            "schedule": 1.0,
+            "options": {"queue": "cpu", "expires": 5},
+        },
         "housekeeping": {
             "task": "mlworker.tasks.housekeeping",
             "schedule": 60.0,

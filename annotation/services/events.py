@@ -8,6 +8,8 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.cache import cache
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,33 @@ def broadcast(group: str, event: str, payload: dict[str, Any]) -> None:
         logger.warning("could not broadcast %s to %s", event, group, exc_info=True)
 
 
+QUEUE_DIRTY_KEY = "queue-counts-dirty"
+
+
 def queue_changed() -> None:
+    """The queue changed (called in on_commit). Counting the queue costs a few queries,
+    too much for every label under load: with a broker the counts are marked dirty and
+    the ``broadcast_queue_counts`` beat task sends them once a second; in the embedded
+    default (no worker, no beat) they are sent at once."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        queue_counts_broadcast()
+        return
+    try:
+        cache.set(QUEUE_DIRTY_KEY, 1, timeout=None)
+    except Exception:  # a cache outage must not fail the write that triggered this
+        logger.warning("could not mark the queue counts dirty", exc_info=True)
+
+
+def queue_counts_broadcast() -> None:
     from annotation.selectors.review_queue import review_queue_counts
 
     broadcast(QUEUE_GROUP, "queue.counts", review_queue_counts())
+
+
+def queue_counts_flush() -> bool:
+    """Send the counts if something changed since the last send; True if sent."""
+    if not cache.get(QUEUE_DIRTY_KEY):
+        return False
+    cache.delete(QUEUE_DIRTY_KEY)
+    queue_counts_broadcast()
+    return True

@@ -20,6 +20,33 @@ def _label_state(label: Label | None) -> dict[str, object] | None:
     }
 
 
+def _close_open_review_items(*, cell_id: int, label: Label, annotator: UserLike | None) -> None:
+    """A person has decided the cell (from the queue or from case review): its queued
+    item, or one leased to that same person, is done. An item someone else holds stays
+    theirs; their submit will supersede this label."""
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from annotation.models import ReviewItem
+    from annotation.services.events import queue_changed
+
+    closed = (
+        ReviewItem.objects.filter(cell_id=cell_id)
+        .filter(
+            Q(status=ReviewItem.Status.QUEUED)
+            | Q(status=ReviewItem.Status.LEASED, leased_to=annotator)
+        )
+        .update(
+            status=ReviewItem.Status.DONE,
+            label=label,
+            closed_at=timezone.now(),
+            lease_expires_at=None,
+        )
+    )
+    if closed:
+        transaction.on_commit(queue_changed)
+
+
 def cell_label_create(
     *,
     cell_id: int,
@@ -62,6 +89,8 @@ def cell_label_create(
             # A person's decision settles a disagreement between the imported sources.
             cell.has_label_conflict = False
         cell.save(update_fields=["current_label", "has_label_conflict"])
+        if source != Label.Source.IMPORTED:
+            _close_open_review_items(cell_id=cell.pk, label=label, annotator=annotator)
         audit_event_create(
             actor=annotator,
             action="label.supersede" if previous else "label.create",

@@ -32,39 +32,48 @@ def review_leases_expire() -> int:
     return expired
 
 
-def review_item_next(*, user: UserLike) -> ReviewItem | None:
-    """The user's current lease (renewed), else the highest-priority queued item that the
-    user has not skipped, leased to them. None when the queue is empty for them."""
+def review_items_next(*, user: UserLike, count: int = 1) -> list[ReviewItem]:
+    """Up to ``count`` leases for the user: their live leases first (renewed), then the
+    highest-priority queued items they have not skipped. Several at once let the browser
+    prefetch the next cells. Empty when the queue has nothing for them."""
+    if not 1 <= count <= 10:
+        raise ApplicationError(
+            f"count must be from 1 to 10, got {count}.", fields={"count": "from 1 to 10"}
+        )
     lease = timedelta(seconds=routing_config_get().lease_seconds)
     now = timezone.now()
     review_leases_expire()
     with transaction.atomic():
-        mine = (
+        mine = list(
             ReviewItem.objects.select_for_update(skip_locked=True)
             .filter(status=ReviewItem.Status.LEASED, leased_to=user)
-            .order_by("id")
-            .first()
+            .order_by("id")[:count]
         )
-        if mine is not None:
-            mine.lease_expires_at = now + lease
-            mine.save(update_fields=["lease_expires_at"])
-            return mine
         skipped = ReviewSkip.objects.filter(item=OuterRef("pk"), user=user)
-        item = (
-            ReviewItem.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=ReviewItem.Status.QUEUED)
-            .filter(~Exists(skipped))
-            .order_by("-priority", "id")
-            .first()
+        new = (
+            list(
+                ReviewItem.objects.select_for_update(skip_locked=True, of=("self",))
+                .filter(status=ReviewItem.Status.QUEUED)
+                .filter(~Exists(skipped))
+                .order_by("-priority", "id")[: count - len(mine)]
+            )
+            if len(mine) < count
+            else []
         )
-        if item is None:
-            return None
-        item.status = ReviewItem.Status.LEASED
-        item.leased_to = user
-        item.lease_expires_at = now + lease
-        item.save(update_fields=["status", "leased_to", "lease_expires_at"])
-        transaction.on_commit(queue_changed)
-    return item
+        for item in (*mine, *new):
+            item.status = ReviewItem.Status.LEASED
+            item.leased_to = user
+            item.lease_expires_at = now + lease
+        ReviewItem.objects.bulk_update([*mine, *new], ["status", "leased_to", "lease_expires_at"])
+        if new:
+            transaction.on_commit(queue_changed)
+    return [*mine, *new]
+
+
+def review_item_next(*, user: UserLike) -> ReviewItem | None:
+    """The user's current lease (renewed), else the best queued item, leased to them."""
+    items = review_items_next(user=user, count=1)
+    return items[0] if items else None
 
 
 def _locked_item_of(item_id: int, user: UserLike) -> ReviewItem:

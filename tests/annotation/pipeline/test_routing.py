@@ -238,3 +238,45 @@ def test_concurrent_next_never_hands_one_item_to_two_people() -> None:
     assert len(handed) == len(set(handed)) == 40
     assert Label.objects.count() == 40
     assert ReviewItem.objects.filter(status="done").count() == 40
+
+
+def test_several_leases_at_once_for_prefetching(queue_of_three) -> None:
+    (a, b, _), cells = queue_of_three
+    items = rq.review_items_next(user=a, count=2)
+    assert len(items) == 2 and all(i.leased_to == a for i in items)
+    again = rq.review_items_next(user=a, count=3)
+    assert [i.pk for i in again[:2]] == sorted(i.pk for i in items) and len(again) == 3
+    assert rq.review_items_next(user=b, count=3) == []
+    with pytest.raises(ApplicationError, match="count must be from 1 to 10"):
+        rq.review_items_next(user=a, count=11)
+
+
+def test_a_label_from_case_review_closes_the_queued_item(queue_of_three) -> None:
+    from annotation.services.labels import cell_label_create
+
+    (a, b, _), cells = queue_of_three
+    leased_by_b = rq.review_item_next(user=b)
+    queued = ReviewItem.objects.filter(status="queued").first()
+    label = cell_label_create(cell_id=queued.cell_id, code="MO", annotator=a)
+    queued.refresh_from_db()
+    assert queued.status == "done" and queued.label == label
+    # An item someone else holds stays theirs.
+    cell_label_create(cell_id=leased_by_b.cell_id, code="MO", annotator=a)
+    leased_by_b.refresh_from_db()
+    assert leased_by_b.status == "leased" and leased_by_b.leased_to == b
+
+
+def test_counts_are_sent_once_a_second_not_per_request(settings) -> None:
+    from django.core.cache import cache
+
+    from annotation.selectors.review_queue import review_queue_counts
+    from annotation.services.events import QUEUE_DIRTY_KEY, queue_changed, queue_counts_flush
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    cache.delete(QUEUE_DIRTY_KEY)
+    assert queue_counts_flush() is False
+    queue_changed()
+    queue_changed()
+    assert queue_counts_flush() is True
+    assert queue_counts_flush() is False
+    assert review_queue_counts()["queued"] == 0
