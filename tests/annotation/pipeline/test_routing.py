@@ -241,7 +241,7 @@ def test_concurrent_next_never_hands_one_item_to_two_people() -> None:
 
 
 def test_several_leases_at_once_for_prefetching(queue_of_three) -> None:
-    (a, b, _), cells = queue_of_three
+    (a, b, _), _cells = queue_of_three
     items = rq.review_items_next(user=a, count=2)
     assert len(items) == 2 and all(i.leased_to == a for i in items)
     again = rq.review_items_next(user=a, count=3)
@@ -254,7 +254,7 @@ def test_several_leases_at_once_for_prefetching(queue_of_three) -> None:
 def test_a_label_from_case_review_closes_the_queued_item(queue_of_three) -> None:
     from annotation.services.labels import cell_label_create
 
-    (a, b, _), cells = queue_of_three
+    (a, b, _), _cells = queue_of_three
     leased_by_b = rq.review_item_next(user=b)
     queued = ReviewItem.objects.filter(status="queued").first()
     label = cell_label_create(cell_id=queued.cell_id, code="MO", annotator=a)
