@@ -185,7 +185,9 @@ def save_overlay(
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="WBC segmentation: evaluate against expert masks", add_help=add_help
+        prog="python -m mlworker.segmentation",
+        description="WBC segmentation: evaluate against expert masks",
+        add_help=add_help,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     evaluate = commands.add_parser(
