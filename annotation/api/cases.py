@@ -8,7 +8,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation.api.common import Choice, paginated, paginated_response, request_user
+from annotation.api.common import (
+    Choice,
+    JSONObjectField,
+    paginated,
+    paginated_response,
+    request_user,
+)
 from annotation.api.permissions import ADMINS, EVERYONE, LABELLERS, Roles
 from annotation.models import Case
 from annotation.selectors.cases import CaseFilters, case_differential, case_get, case_list
@@ -94,7 +100,7 @@ class CaseListCreateApi(APIView):
         diagnosis = serializers.CharField(
             max_length=255, required=False, allow_blank=True, default=""
         )
-        metadata = serializers.DictField(required=False, default=dict)
+        metadata = JSONObjectField(required=False, default=dict)
 
     @extend_schema(
         operation_id="cases_list",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -69,6 +70,19 @@ class Choice(serializers.ChoiceField):
             raise serializers.ValidationError(
                 f"{str(data)[:64]!r} is not allowed; use one of {allowed}.", code="invalid_choice"
             ) from None
+
+
+class JSONObjectField(serializers.DictField):
+    """A free-form JSON object. PostgreSQL cannot store the NUL character in JSON, so it
+    is refused here with a message instead of failing in the database."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if "\\u0000" in json.dumps(value):
+            raise serializers.ValidationError(
+                "must not contain the NUL character (\\u0000).", code="null_character"
+            )
+        return value
 
 
 class Diff14Field(serializers.ChoiceField):

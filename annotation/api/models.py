@@ -13,7 +13,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation.api.common import Choice, paginated, paginated_response, request_user
+from annotation.api.common import (
+    Choice,
+    JSONObjectField,
+    paginated,
+    paginated_response,
+    request_user,
+)
 from annotation.api.permissions import ADMINS, EVERYONE, Roles
 from annotation.errors import ApplicationError
 from annotation.models import ModelVersion, RoutingConfig, TrainingJob
@@ -189,7 +195,7 @@ class TrainingJobListCreateApi(APIView):
     permission_classes = [Roles(GET=EVERYONE, POST=ADMINS)]
 
     class TrainingJobCreateInputSerializer(serializers.Serializer):
-        params = serializers.DictField(
+        params = JSONObjectField(
             required=False, default=dict, help_text="overrides of the training flags"
         )
 

@@ -109,3 +109,11 @@ def test_signoff_is_refused_for_unsettled_label_conflicts(heme_api, smear) -> No
     cell.has_label_conflict = True
     cell.save(update_fields=["has_label_conflict"])
     assert heme_api.post(f"/api/cases/{smear['case'].pk}/sign-off/").status_code == 409
+
+
+def test_json_with_a_nul_character_is_a_400_not_a_database_error(admin_api, db) -> None:
+    response = admin_api.post(
+        "/api/cases/", {"accession_id": "NUL-1", "metadata": {"k": "a\u0000b"}}, format="json"
+    )
+    assert response.status_code == 400
+    assert "NUL" in response.json()["error"]["fields"]["metadata"]

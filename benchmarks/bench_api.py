@@ -1,0 +1,343 @@
+"""Review-queue API under load: next -> submit from concurrent clients against uvicorn.
+
+10,000 queued cells in a scratch PostgreSQL database, the real ASGI app under uvicorn on
+127.0.0.1, Redis for the channel layer (queue-count broadcasts). Each client is a
+hematologist with its own token doing POST /api/queue/next/ then
+POST /api/queue/items/<id>/submit/ in a loop. Prints requests/s and p50/p95/p99 latency
+for 20 clients next to the same loop with one client (no contention), then checks that
+every submitted label is stored exactly once and that no item was leased to two clients.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/14 \\
+        .venv/bin/python benchmarks/bench_api.py [--clients 20] [--duration 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+CODES = ["NE", "LY", "MO", "EO", "BA", "ME", "MY", "PR", "LR", "LA", "BL", "PC", "NR", "AR"]
+
+
+def setup_django(db_name: str, media: Path) -> str:
+    import psycopg
+
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    admin_url = base.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {db_name}")
+        conn.execute(f"CREATE DATABASE {db_name}")
+    url = base.rsplit("/", 1)[0] + "/" + db_name
+    os.environ["DATABASE_URL"] = url
+    os.environ["MEDIA_ROOT"] = str(media)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wbcportal.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    return url
+
+
+def seed(n_cells: int, n_users: int) -> list[str]:
+    """n_cells queued cells with an active model's predictions; one token per user."""
+    from rest_framework.authtoken.models import Token
+
+    from annotation.models import Case, CellImage, ModelVersion, Prediction, ReviewItem
+    from annotation.services.users import user_create_with_role
+
+    rng = random.Random(0)
+    case = Case.objects.create(accession_id="BENCH")
+    version = ModelVersion.objects.create(
+        name="bench", arch="resnet152", class_codes=CODES, status="active"
+    )
+    cells = CellImage.objects.bulk_create(
+        [
+            CellImage(
+                case=case,
+                image=f"cells/bench/{i:064x}.jpg",
+                sha256=f"{i:064x}",
+                width=360,
+                height=363,
+            )
+            for i in range(n_cells)
+        ],
+        batch_size=2000,
+    )
+    predictions, items = [], []
+    for cell in cells:
+        top = rng.randrange(14)
+        conf = rng.uniform(0.3, 0.8)
+        probs = [(1 - conf) / 13] * 14
+        probs[top] = conf
+        predictions.append(
+            Prediction(
+                cell=cell,
+                model_version=version,
+                probabilities=probs,
+                top_code=CODES[top],
+                confidence=conf,
+                margin=conf - probs[0],
+                entropy=1.0,
+            )
+        )
+        items.append(
+            ReviewItem(
+                cell=cell, reasons=["low_confidence"], priority=1 - conf, model_version=version
+            )
+        )
+    Prediction.objects.bulk_create(predictions, batch_size=2000)
+    ReviewItem.objects.bulk_create(items, batch_size=2000)
+    tokens = []
+    for i in range(n_users):
+        user = user_create_with_role(
+            username=f"bench{i}", password="bench-Long-pass-1", role="hematologist"
+        )
+        tokens.append(Token.objects.get_or_create(user=user)[0].key)  # type: ignore[misc]
+    return tokens
+
+
+def bench_asgi_app() -> object:
+    """The project's ASGI app (uvicorn --factory), optionally with CONN_MAX_AGE set from
+    BENCH_CONN_MAX_AGE: under ASGI, Django serves each request in its own thread, so a
+    persistent connection (settings: conn_max_age=60) is opened per request and never
+    reused; see --conn-max-age."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wbcportal.settings")
+    from django.conf import settings
+
+    if os.environ.get("BENCH_CONN_MAX_AGE"):
+        settings.DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ["BENCH_CONN_MAX_AGE"])
+    from wbcportal.asgi import application
+
+    if os.environ.get("BENCH_NO_BROADCAST"):
+        # Diagnostic only: what the queue-count broadcast costs per request.
+        import annotation.services.review_queue as review_queue
+
+        review_queue.queue_changed = lambda: None  # type: ignore[attr-defined]
+    return application
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    port: int, workers: int, log: Path, conn_max_age: int | None, no_broadcast: bool = False
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if no_broadcast:
+        env["BENCH_NO_BROADCAST"] = "1"
+    env["PYTHONPATH"] = str(REPO)
+    if conn_max_age is not None:
+        env["BENCH_CONN_MAX_AGE"] = str(conn_max_age)
+    env["WBC_API_TOKEN_RATE"] = "10000000/min"  # measure the queue, not the throttle
+    env["LOG_LEVEL"] = "WARNING"
+    cmd = [
+        str(REPO / ".venv" / "bin" / "uvicorn"), "--factory", "benchmarks.bench_api:bench_asgi_app",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=fh)
+    import requests
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health/", timeout=1).ok:
+                return proc
+        except requests.RequestException:
+            time.sleep(0.3)
+    raise RuntimeError("server did not answer /health/ within 60 s")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.errors: dict[str, int] = defaultdict(int)
+        self.leases: dict[int, set[int]] = defaultdict(set)  # item id -> client ids
+        self.submitted: dict[int, tuple[int, str]] = {}  # item id -> (cell id, code)
+
+
+def client_loop(
+    base: str, token: str, client_id: int, until: float, rec: Recorder, rng: random.Random
+) -> None:
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {token}"
+    local: list[float] = []
+    while time.monotonic() < until:
+        t0 = time.perf_counter()
+        r = session.post(f"{base}/api/queue/next/", timeout=30)
+        local.append(time.perf_counter() - t0)
+        if r.status_code == 204:
+            break
+        if r.status_code != 200:
+            with rec.lock:
+                rec.errors[f"next {r.status_code}"] += 1
+            continue
+        item = r.json()
+        with rec.lock:
+            rec.leases[item["id"]].add(client_id)
+        code = rng.choice(CODES)
+        t0 = time.perf_counter()
+        r = session.post(
+            f"{base}/api/queue/items/{item['id']}/submit/", json={"code": code}, timeout=30
+        )
+        local.append(time.perf_counter() - t0)
+        with rec.lock:
+            if r.status_code == 201:
+                if item["id"] in rec.submitted:
+                    rec.errors["submitted twice"] += 1
+                rec.submitted[item["id"]] = (item["cell"]["id"], code)
+            else:
+                rec.errors[f"submit {r.status_code}"] += 1
+    with rec.lock:
+        rec.latencies.extend(local)
+
+
+def run(base: str, tokens: list[str], duration: float, rec: Recorder) -> tuple[float, int]:
+    until = time.monotonic() + duration
+    threads = [
+        threading.Thread(
+            target=client_loop, args=(base, tok, i, until, rec, random.Random(i)), daemon=True
+        )
+        for i, tok in enumerate(tokens)
+    ]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, len(rec.latencies)
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000 if values else 0
+
+
+def verify(recs: list[Recorder]) -> list[str]:
+    from django.db.models import Count
+
+    from annotation.models import Label, ReviewItem
+
+    problems = []
+    submitted: dict[int, tuple[int, str]] = {}
+    for rec in recs:
+        for item_id, clients in rec.leases.items():
+            if len(clients) > 1:
+                problems.append(f"item {item_id} leased to clients {sorted(clients)}")
+        for key, value in rec.submitted.items():
+            if key in submitted:
+                problems.append(f"item {key} submitted in two runs")
+            submitted[key] = value
+        problems += [f"{k}: {v}" for k, v in rec.errors.items()]
+    labels = list(Label.objects.filter(source="hematologist").values_list("cell_id", "code"))
+    if len(labels) != len(submitted):
+        problems.append(f"{len(submitted)} labels submitted, {len(labels)} stored")
+    stored = defaultdict(list)
+    for cell_id, code in labels:
+        stored[cell_id].append(code)
+    for item_id, (cell_id, code) in submitted.items():
+        if stored.get(cell_id) != [code]:
+            problems.append(f"item {item_id}: cell {cell_id} has labels {stored.get(cell_id)}")
+    done = ReviewItem.objects.filter(status="done").count()
+    if done != len(submitted):
+        problems.append(f"{done} items done, {len(submitted)} submitted")
+    twice = Label.objects.values("cell_id").annotate(n=Count("id")).filter(n__gt=1).count()
+    if twice:
+        problems.append(f"{twice} cells have more than one label")
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cells", type=int, default=10_000, help="queued cells to seed")
+    parser.add_argument("--clients", type=int, default=20, help="concurrent clients")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds, contended run")
+    parser.add_argument(
+        "--baseline-duration", type=float, default=15.0, help="seconds, one-client run"
+    )
+    parser.add_argument("--workers", type=int, default=4, help="uvicorn worker processes")
+    parser.add_argument("--db", default="wbc_bench_api", help="scratch database (dropped)")
+    parser.add_argument(
+        "--conn-max-age",
+        type=int,
+        default=None,
+        help="override the database CONN_MAX_AGE in the server (default: as settings.py)",
+    )
+    parser.add_argument(
+        "--no-broadcast",
+        action="store_true",
+        help="diagnostic: skip the queue-count websocket broadcast after each change",
+    )
+    args = parser.parse_args()
+    media = Path(tempfile.mkdtemp(prefix="bench-api-media-"))
+    setup_django(args.db, media)
+    tokens = seed(args.cells, args.clients)
+    port = free_port()
+    log = media / "server.log"
+    server = start_server(port, args.workers, log, args.conn_max_age, args.no_broadcast)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        results = []
+        recs = []
+        for name, toks, duration in (
+            ("baseline: 1 client", tokens[:1], args.baseline_duration),
+            (f"{args.clients} clients", tokens, args.duration),
+        ):
+            rec = Recorder()
+            elapsed, n = run(base, toks, duration, rec)
+            recs.append(rec)
+            lat = rec.latencies
+            results.append(
+                (name, n, elapsed, n / elapsed, pct(lat, 50), pct(lat, 95), pct(lat, 99))
+            )
+        age = "as settings" if args.conn_max_age is None else args.conn_max_age
+        print(
+            f"uvicorn --workers {args.workers}, CONN_MAX_AGE {age}, {args.cells} queued "
+            f"cells, next -> submit{', no broadcast' if args.no_broadcast else ''}"
+        )
+        print(
+            f"{'run':22s} {'requests':>9s} {'s':>6s} {'req/s':>7s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s}"
+        )
+        for name, n, elapsed, rps, p50, p95, p99 in results:
+            print(f"{name:22s} {n:9d} {elapsed:6.1f} {rps:7.1f} {p50:7.1f} {p95:7.1f} {p99:7.1f}")
+        problems = verify(recs)
+        labels = sum(len(r.submitted) for r in recs)
+        if problems:
+            print("VERIFY FAILED:\n  " + "\n  ".join(problems[:20]))
+            sys.exit(1)
+        print(f"verified: {labels} labels stored exactly once, no item leased to two clients")
+        print(
+            f"goal p95 <= 50 ms ({args.clients} clients): {'met' if results[-1][5] <= 50 else 'NOT met'}"
+        )
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+if __name__ == "__main__":
+    main()
