@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import mimetypes
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -8,10 +9,59 @@ from django.core.files.storage import default_storage
 from django.db import connection
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+# Why a cell was queued, in words (the codes are annotation/services/routing.py's).
+QUEUE_REASONS = {
+    "low_confidence": "Low confidence: the model is not sure",
+    "weak_class": "Predicted class is one the model is weak at",
+    "disagreement": "Sources or annotators disagree",
+    "audit": "Random audit of a confident cell",
+}
 
 
+def ui_boot(request: HttpRequest) -> dict[str, Any]:
+    """What the browser UI needs before its first API call: who is signed in, the 14-Diff
+    taxonomy with its keys (mlworker/taxonomy.py, the one source of truth) and the rules
+    of the differential (annotation/selectors/cases.py)."""
+    from annotation.api.permissions import user_roles
+    from annotation.selectors import cases as case_rules
+    from mlworker import taxonomy
+
+    return {
+        "user": {
+            "username": request.user.get_username(),
+            "roles": sorted(user_roles(request.user)),
+        },
+        "taxonomy": [
+            {"code": c.code, "name": c.name, "group": c.group, "key": c.key}
+            for c in taxonomy.CLASSES
+        ],
+        "reserved_keys": sorted(taxonomy.RESERVED_KEYS),
+        "differential_rules": {
+            "not_in_wbc_count": sorted(case_rules.NOT_IN_WBC_COUNT),
+            "left_shift_codes": list(case_rules.LEFT_SHIFT_CODES),
+            "nrbc_flag_per_100_wbc": case_rules.NRBC_FLAG_PER_100_WBC,
+            "nrbc_code": "NR",
+            "blast_code": "BL",
+            "artifact_code": "AR",
+        },
+        "queue_reasons": QUEUE_REASONS,
+        "urls": {
+            "login": settings.LOGIN_URL,
+            "logout": reverse("logout"),
+            "api": "/api/",
+            "events": "/ws/events/",
+        },
+    }
+
+
+@ensure_csrf_cookie
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "index.html", {"user": request.user})
+    """The browser UI for signed-in users; a sign-in page link for everyone else."""
+    boot = ui_boot(request) if request.user.is_authenticated else None
+    return render(request, "index.html", {"user": request.user, "boot": boot})
 
 
 def health(request: HttpRequest) -> JsonResponse:

@@ -1,0 +1,119 @@
+// The shell: header with the screens this role may use, the message area, the router
+// (hash routes, so Django serves one page) and the websocket shared by every screen.
+import { useEffect, useMemo, useState } from "preact/hooks";
+import { csrfToken } from "./api";
+import { Events, eventsUrl, type ConnectionState } from "./events";
+import type { Boot } from "./types";
+import { ConfirmDialog, Messages, roles, showError } from "./ui";
+import { LabelScreen } from "./views/label";
+import { CaseList, CaseReview } from "./views/cases";
+import { AdminConsole } from "./views/admin";
+
+export interface Route {
+  screen: "label" | "cases" | "case" | "admin" | "home";
+  id?: number;
+  tab?: string;
+}
+
+export function parseRoute(hash: string): Route {
+  const parts = hash.replace(/^#\/?/, "").split("/").filter(Boolean);
+  if (parts[0] === "label") return { screen: "label" };
+  if (parts[0] === "cases" && parts[1]) return { screen: "case", id: Number(parts[1]) };
+  if (parts[0] === "cases") return { screen: "cases" };
+  if (parts[0] === "admin") return { screen: "admin", tab: parts[1] ?? "models" };
+  return { screen: "home" };
+}
+
+function useRoute(): Route {
+  const [hash, setHash] = useState(location.hash);
+  useEffect(() => {
+    const on = () => setHash(location.hash);
+    window.addEventListener("hashchange", on);
+    return () => window.removeEventListener("hashchange", on);
+  }, []);
+  return parseRoute(hash);
+}
+
+export function App({ boot }: { boot: Boot }) {
+  const events = useMemo(() => new Events(eventsUrl(boot.urls.events)), []);
+  const [conn, setConn] = useState<ConnectionState>("connecting");
+  useEffect(() => {
+    const off = events.onState(setConn);
+    events.connect();
+    const signedOut = () => showError("Your session has ended. Sign in again to go on.");
+    window.addEventListener("wbc:signed-out", signedOut);
+    return () => {
+      off();
+      events.close();
+      window.removeEventListener("wbc:signed-out", signedOut);
+    };
+  }, []);
+  let route = useRoute();
+  if (route.screen === "home") route = { screen: roles.canLabel(boot) ? "label" : "cases" };
+  useEffect(() => {
+    const titles: Record<string, string> = { label: "Label cells", cases: "Cases", case: "Case review", admin: "Admin console" };
+    document.title = `${titles[route.screen] ?? ""} · WBC portal`;
+  }, [route.screen]);
+
+  const nav = [
+    roles.canLabel(boot) && { href: "#/label", text: "Label cells", active: route.screen === "label" },
+    { href: "#/cases", text: "Cases", active: route.screen === "cases" || route.screen === "case" },
+    roles.isAdmin(boot) && { href: "#/admin/models", text: "Admin console", active: route.screen === "admin" },
+  ].filter(Boolean) as { href: string; text: string; active: boolean }[];
+
+  return (
+    <>
+      <a class="skip-link" href="#main">Skip to the content</a>
+      <header class="top">
+        <span class="brand">WBC portal</span>
+        <nav aria-label="Screens">
+          {nav.map((n) => (
+            <a href={n.href} aria-current={n.active ? "page" : undefined} key={n.href}>
+              {n.text}
+            </a>
+          ))}
+        </nav>
+        <span class="who">
+          <span data-testid="user">{boot.user.username}</span>{" "}
+          <span class="role">({boot.user.roles.join(", ") || "no role"})</span>
+          <span class={`conn conn-${conn}`} title="Live updates" role="status">
+            {conn === "open" ? "● live" : conn === "connecting" ? "○ connecting" : "○ offline, retrying"}
+          </span>
+          <form method="post" action={boot.urls.logout} class="inline">
+            <input type="hidden" name="csrfmiddlewaretoken" value={csrfToken()} />
+            <button type="submit">Sign out</button>
+          </form>
+        </span>
+      </header>
+      <Messages />
+      <main id="main" tabIndex={-1}>
+        {route.screen === "label" &&
+          (roles.canLabel(boot) ? <LabelScreen boot={boot} events={events} /> : <Refused boot={boot} what="Labelling" />)}
+        {route.screen === "cases" && <CaseList boot={boot} />}
+        {route.screen === "case" && <CaseReview boot={boot} caseId={route.id!} events={events} />}
+        {route.screen === "admin" &&
+          (roles.isAdmin(boot) ? (
+            <AdminConsole boot={boot} events={events} tab={route.tab ?? "models"} />
+          ) : (
+            <Refused boot={boot} what="The admin console" />
+          ))}
+      </main>
+      <ConfirmDialog />
+    </>
+  );
+}
+
+function Refused({ boot, what }: { boot: Boot; what: string }) {
+  return (
+    <section class="refused" data-testid="refused">
+      <h1>Not available to your role</h1>
+      <p>
+        {what} is not open to {boot.user.roles.join(", ") || "users without a role"}. Ask an admin if you need
+        it.
+      </p>
+      <p>
+        <a href="#/cases">Go to the cases</a>
+      </p>
+    </section>
+  );
+}

@@ -1,0 +1,135 @@
+// Bars and matrices in plain HTML/SVG (no chart library): every value is also written as
+// text, so nothing depends on colour or on seeing the bar.
+
+export interface Bar {
+  key: string;
+  label: string;
+  value: number | null;
+  title?: string;
+}
+
+/** Horizontal bars; `max` fixes the scale (1 for rates), else the largest value. */
+export function Bars({ bars, max, format, caption, testid }: { bars: Bar[]; max?: number; format: (v: number | null) => string; caption: string; testid?: string }) {
+  const top = max ?? Math.max(1, ...bars.map((b) => b.value ?? 0));
+  return (
+    <figure class="bars" data-testid={testid}>
+      <figcaption>{caption}</figcaption>
+      <table>
+        <tbody>
+          {bars.map((b) => (
+            <tr key={b.key} title={b.title}>
+              <th scope="row">{b.label}</th>
+              <td class="bar-cell">
+                <svg viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true" class="bar-svg">
+                  <rect x="0" y="0" width="100" height="10" class="track" />
+                  {b.value !== null && <rect x="0" y="0" width={Math.max(0, Math.min(100, (100 * b.value) / top))} height="10" class="fill" />}
+                </svg>
+              </td>
+              <td class="num">{format(b.value)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </figure>
+  );
+}
+
+/** Paired bars for two model versions per class, with the difference as text. */
+export function PairedBars({ rows, nameA, nameB }: { rows: { code: string; label: string; a: number | null; b: number | null }[]; nameA: string; nameB: string }) {
+  const pct = (v: number | null) => (v === null ? "n/a" : `${(100 * v).toFixed(1)} %`);
+  return (
+    <table class="paired" data-testid="tpr-compare">
+      <caption>Per-class TPR (recall) on the evaluation set: A = {nameA}, B = {nameB}</caption>
+      <thead>
+        <tr>
+          <th scope="col">Class</th>
+          <th scope="col">TPR</th>
+          <th scope="col" class="num">A</th>
+          <th scope="col" class="num">B</th>
+          <th scope="col" class="num">B − A</th>
+        </tr>
+      </thead>
+      <tbody>
+        {rows.map((r) => {
+          const delta = r.a === null || r.b === null ? null : r.b - r.a;
+          return (
+            <tr key={r.code}>
+              <th scope="row" title={r.label}>
+                {r.code}
+              </th>
+              <td class="bar-cell">
+                <svg viewBox="0 0 100 12" preserveAspectRatio="none" aria-hidden="true" class="bar-svg">
+                  <rect x="0" y="0" width="100" height="12" class="track" />
+                  {r.a !== null && <rect x="0" y="0.5" width={100 * r.a} height="5" class="fill-a" />}
+                  {r.b !== null && <rect x="0" y="6.5" width={100 * r.b} height="5" class="fill-b" />}
+                </svg>
+              </td>
+              <td class="num">{pct(r.a)}</td>
+              <td class="num">{pct(r.b)}</td>
+              <td class={`num ${delta !== null && delta < -0.05 ? "worse" : ""}`}>
+                {delta === null ? "n/a" : `${delta >= 0 ? "+" : "−"}${Math.abs(100 * delta).toFixed(1)}`}
+                {delta !== null && delta < -0.05 ? " ▼" : ""}
+              </td>
+            </tr>
+          );
+        })}
+      </tbody>
+    </table>
+  );
+}
+
+/** Confusion matrix: rows true class, columns predicted; shade by row share, count as text. */
+export function ConfusionMatrix({ matrix, codes, caption }: { matrix: number[][]; codes: string[]; caption: string }) {
+  return (
+    <div class="matrix-wrap">
+      <table class="matrix" data-testid="confusion">
+        <caption>{caption}</caption>
+        <thead>
+          <tr>
+            <th scope="col">
+              <span class="visually-hidden">rows: true class, columns: predicted class</span>
+              <span aria-hidden="true">true ↓ / pred →</span>
+            </th>
+            {codes.map((c) => (
+              <th scope="col" key={c}>
+                {c}
+              </th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>
+          {matrix.map((row, i) => {
+            const total = row.reduce((a, b) => a + b, 0);
+            return (
+              <tr key={codes[i] ?? i}>
+                <th scope="row">{codes[i] ?? i}</th>
+                {row.map((n, j) => {
+                  const share = total ? n / total : 0;
+                  return (
+                    <td
+                      key={j}
+                      class={`${i === j ? "diag" : ""}${n ? "" : " zero"}`}
+                      style={{ "--share": share.toFixed(3) } as Record<string, string>}
+                      title={`true ${codes[i]}, predicted ${codes[j]}: ${n}${total ? ` (${(100 * share).toFixed(0)} % of ${codes[i]})` : ""}`}
+                    >
+                      {n}
+                    </td>
+                  );
+                })}
+              </tr>
+            );
+          })}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+export function Progress({ percent, label }: { percent: number | null; label: string }) {
+  return (
+    <div class="progress">
+      <progress max={100} value={percent ?? undefined} aria-label={label} data-testid="progress" />
+      <span class="num">{percent === null ? "…" : `${Math.round(percent)} %`}</span>
+    </div>
+  );
+}

@@ -1,0 +1,219 @@
+// Shapes of the server's data, as the API (annotation/api/) and the page's boot JSON
+// (annotation/views.py) send them. Only the fields the UI reads are typed.
+
+export type Group = "normal" | "abnormal";
+
+export interface CellClass {
+  code: string;
+  name: string;
+  group: Group;
+  key: string;
+}
+
+export interface DifferentialRules {
+  not_in_wbc_count: string[];
+  left_shift_codes: string[];
+  nrbc_flag_per_100_wbc: number;
+  nrbc_code: string;
+  blast_code: string;
+  artifact_code: string;
+}
+
+export interface Boot {
+  user: { username: string; roles: string[] };
+  taxonomy: CellClass[];
+  reserved_keys: string[];
+  differential_rules: DifferentialRules;
+  queue_reasons: Record<string, string>;
+  urls: { logout: string; login: string; api: string; events: string };
+}
+
+export interface Label {
+  id: number;
+  cell: number;
+  code: string;
+  source: string;
+  annotator: string | null;
+  created_at: string;
+  supersedes: number | null;
+}
+
+export interface PredictionBrief {
+  model_version: number;
+  model_version_name: string;
+  top_code: string;
+  confidence: number;
+}
+
+export interface Prediction extends PredictionBrief {
+  model_version_status: string;
+  margin: number;
+  entropy: number;
+  probabilities: Record<string, number>;
+}
+
+export interface Segmentation {
+  id: number;
+  status: string;
+  quality: number | null;
+  failure_reason: string;
+  mask_url: string | null;
+  created_at: string;
+}
+
+export interface Cell {
+  id: number;
+  case: number;
+  case_accession: string;
+  image_url: string;
+  thumbnail_url: string;
+  width: number;
+  height: number;
+  original_filename: string;
+  has_label_conflict: boolean;
+  label: Label | null;
+  prediction: PredictionBrief | null;
+  queue: { id: number; status: string; reasons: string[]; flagged: boolean } | null;
+}
+
+export interface CellDetail extends Cell {
+  predictions: Prediction[];
+  segmentations: Segmentation[];
+  labels: Label[];
+}
+
+export interface Suggestion {
+  top_code: string;
+  confidence: number;
+  margin: number;
+  probabilities: number[] | Record<string, number>;
+}
+
+export interface ReviewItem {
+  id: number;
+  status: string;
+  reasons: string[];
+  priority: number;
+  flagged: boolean;
+  lease_expires_at: string | null;
+  model_version: number | null;
+  suggestion: Suggestion | null;
+  cell: Cell;
+}
+
+export interface Page<T> {
+  count: number;
+  next: string | null;
+  previous: string | null;
+  results: T[];
+}
+
+export interface QueueCounts {
+  queued: number;
+  leased: number;
+  by_reason: Record<string, number>;
+  by_class: Record<string, number>;
+}
+
+export interface Case {
+  id: number;
+  accession_id: string;
+  patient_pseudonym: string;
+  diagnosis: string;
+  source: string;
+  status: string;
+  created_at: string;
+  updated_at: string;
+  n_cells?: number;
+  n_labelled?: number;
+}
+
+export interface DifferentialClass {
+  code: string;
+  name: string;
+  group: Group;
+  count: number;
+  labelled: number;
+  predicted: number;
+  source: string | null;
+  percent: number | null;
+  per_100_wbc: number | null;
+}
+
+export interface Flag {
+  code: string;
+  message: string;
+}
+
+export interface Differential {
+  cells_total: number;
+  labelled: number;
+  predicted_only: number;
+  unclassified: number;
+  open_review_items: number;
+  label_conflicts: number;
+  wbc_counted: number;
+  classes: DifferentialClass[];
+  totals: {
+    normal: { count: number; percent: number | null };
+    abnormal: { count: number; percent: number | null };
+    nrbc: { count: number; per_100_wbc: number | null };
+    artifacts: { count: number };
+  };
+  flags: Flag[];
+}
+
+export interface CaseDetail extends Case {
+  differential: Differential;
+}
+
+export interface ModelVersion {
+  id: number;
+  name: string;
+  arch: string;
+  status: string;
+  created_at: string;
+  promoted_at: string | null;
+  triggered_by: string;
+}
+
+export interface ModelVersionDetail extends ModelVersion {
+  class_codes: string[];
+  metrics: Record<string, unknown> & {
+    balanced_accuracy?: number | null;
+    normal_tpr?: number | null;
+    abnormal_tpr?: number | null;
+    confusion?: number[][];
+    per_class?: Record<string, { n?: number; tpr?: number | null }>;
+    evaluation_set?: { confusion?: number[][]; per_class?: Record<string, { tpr?: number | null }> };
+  };
+  per_class_tpr: Record<string, number | null>;
+}
+
+export interface TrainingJob {
+  id: number;
+  trigger: string;
+  status: string;
+  progress: { stage?: string; percent?: number; epoch?: number; epochs?: number } & Record<
+    string,
+    unknown
+  >;
+  error: string;
+  result_version: number | null;
+  result_version_name: string | null;
+  created_by: string | null;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  log_tail?: string;
+}
+
+export interface RoutingConfig {
+  confidence_threshold: number;
+  weak_class_tpr: number;
+  audit_rate: number;
+  strategy: string;
+  lease_seconds: number;
+  retrain_min_new_labels: number;
+  updated_at: string;
+}

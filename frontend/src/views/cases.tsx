@@ -1,0 +1,422 @@
+// Cases: the list with filters and status, and one case's review: the gallery of its
+// cells grouped by class, reclassification by key, the differential and sign-off.
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
+import { get, getAll, post, query } from "../api";
+import { computeDifferential, effectiveCode, groupByClass, signOffBlocker } from "../differential";
+import type { Events } from "../events";
+import { buildKeyMap, isTypingTarget, keyAction } from "../keys";
+import type { Boot, Case, CaseDetail, Cell, Differential, Label, Page } from "../types";
+import { Kbd, confirmAction, dialogOpen, roles, showError, showInfo, useLoad } from "../ui";
+import { Palette } from "./label";
+
+const STATUS_TEXT: Record<string, string> = { new: "New", in_review: "In review", signed_off: "Signed off" };
+
+export function CaseList({ boot: _boot }: { boot: Boot }) {
+  const [filters, setFilters] = useState({ status: "", search: "", diagnosis: "" });
+  const [applied, setApplied] = useState(filters);
+  const [page, reload, loading] = useLoad(
+    () => get<Page<Case>>(`/api/cases/${query({ ...applied, limit: 200 })}`),
+    [applied.status, applied.search, applied.diagnosis],
+    "loading the cases",
+  );
+  return (
+    <section aria-labelledby="cases-title">
+      <h1 id="cases-title">Cases</h1>
+      <form
+        class="filters"
+        role="search"
+        onSubmit={(e) => {
+          e.preventDefault();
+          setApplied({ ...filters });
+        }}
+      >
+        <label>
+          Status{" "}
+          <select value={filters.status} onChange={(e) => setFilters({ ...filters, status: e.currentTarget.value })} data-testid="filter-status">
+            <option value="">any</option>
+            {Object.entries(STATUS_TEXT).map(([v, t]) => (
+              <option value={v} key={v}>
+                {t}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
+          Accession{" "}
+          <input type="search" value={filters.search} onInput={(e) => setFilters({ ...filters, search: e.currentTarget.value })} data-testid="filter-search" />
+        </label>
+        <label>
+          Diagnosis{" "}
+          <input type="search" value={filters.diagnosis} onInput={(e) => setFilters({ ...filters, diagnosis: e.currentTarget.value })} />
+        </label>
+        <button type="submit">Filter</button>
+        <button type="button" onClick={reload}>
+          Refresh
+        </button>
+      </form>
+      {loading && !page && <p>Loading…</p>}
+      {page && (
+        <>
+          <p class="muted">{page.count} cases</p>
+          <table class="data" data-testid="case-table">
+            <thead>
+              <tr>
+                <th scope="col">Accession</th>
+                <th scope="col">Diagnosis</th>
+                <th scope="col">Status</th>
+                <th scope="col" class="num">Cells</th>
+                <th scope="col" class="num">Labelled</th>
+                <th scope="col">Created</th>
+              </tr>
+            </thead>
+            <tbody>
+              {page.results.map((c) => (
+                <tr key={c.id}>
+                  <td>
+                    <a href={`#/cases/${c.id}`}>{c.accession_id}</a>
+                  </td>
+                  <td>{c.diagnosis || <span class="muted">none</span>}</td>
+                  <td>
+                    <span class={`status status-${c.status}`}>{STATUS_TEXT[c.status] ?? c.status}</span>
+                  </td>
+                  <td class="num">{c.n_cells ?? ""}</td>
+                  <td class="num">{c.n_labelled ?? ""}</td>
+                  <td>{new Date(c.created_at).toLocaleDateString()}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {!page.results.length && <p>No case matches these filters.</p>}
+        </>
+      )}
+    </section>
+  );
+}
+
+const isOpen = (c: Cell) => !!c.queue && (c.queue.status === "queued" || c.queue.status === "leased");
+
+export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: number; events: Events }) {
+  const canLabel = roles.canLabel(boot);
+  const names = useMemo(() => new Map(boot.taxonomy.map((c) => [c.code, c.name])), []);
+  const keymap = useMemo(() => buildKeyMap(boot.taxonomy), []);
+  const [caseInfo, setCase] = useState<CaseDetail | null>(null);
+  const [cells, setCells] = useState<Cell[] | null>(null);
+  const [selected, setSelected] = useState<Set<number>>(new Set());
+  const [focusId, setFocusId] = useState<number | null>(null);
+  const [saving, setSaving] = useState(0);
+  const anchor = useRef<number | null>(null);
+  const gallery = useRef<HTMLDivElement>(null);
+
+  const load = async () => {
+    try {
+      const [detail, list] = await Promise.all([
+        get<CaseDetail>(`/api/cases/${caseId}/`),
+        getAll<Cell>(`/api/cells/${query({ case: caseId })}`),
+      ]);
+      setCase(detail);
+      setCells(list);
+    } catch (e) {
+      showError(e, `loading case ${caseId}`);
+    }
+  };
+  useEffect(() => {
+    void load();
+    // Queue changes elsewhere (someone labels one of these cells) refresh the case.
+    let timer: number | undefined;
+    const off = events.on("queue.counts", () => {
+      clearTimeout(timer);
+      timer = window.setTimeout(() => void refreshServer(), 500);
+    });
+    return () => {
+      off();
+      clearTimeout(timer);
+    };
+  }, [caseId]);
+
+  const refreshServer = async () => {
+    try {
+      setCase(await get<CaseDetail>(`/api/cases/${caseId}/`));
+    } catch (e) {
+      showError(e, "refreshing the case");
+    }
+  };
+
+  const codeOf = (c: Cell) => effectiveCode({ label: c.label?.code ?? null, predicted: c.prediction?.top_code ?? null });
+  const groups = useMemo(() => (cells ? groupByClass(cells, codeOf, boot.taxonomy) : []), [cells]);
+  const order = useMemo(() => groups.flatMap((g) => g.cells.map((c) => c.id)), [groups]);
+  const local: Differential | null = useMemo(
+    () =>
+      cells
+        ? computeDifferential(
+            cells.map((c) => ({ label: c.label?.code ?? null, predicted: c.prediction?.top_code ?? null, conflict: c.has_label_conflict, open: isOpen(c) })),
+            boot.taxonomy,
+            boot.differential_rules,
+          )
+        : null,
+    [cells],
+  );
+
+  const reclassify = async (code: string) => {
+    if (!canLabel || !cells) return;
+    const ids = selected.size ? [...selected] : focusId !== null ? [focusId] : [];
+    if (!ids.length) {
+      showInfo("Select one or more cells first (click, or arrow keys and Space).");
+      return;
+    }
+    const before = new Map(cells.map((c) => [c.id, c]));
+    const optimistic: Label = { id: 0, cell: 0, code, source: "hematologist", annotator: boot.user.username, created_at: "", supersedes: null };
+    setCells(cells.map((c) => (ids.includes(c.id) ? { ...c, label: { ...optimistic, cell: c.id } } : c)));
+    setSaving((n) => n + 1);
+    const results = await Promise.allSettled(ids.map((id) => post<Label>(`/api/cells/${id}/labels/`, { code })));
+    setSaving((n) => n - 1);
+    const failed = ids.filter((_, i) => results[i].status === "rejected");
+    results.forEach((r, i) => r.status === "rejected" && showError(r.reason, `reclassifying cell ${ids[i]} as ${code}`));
+    setCells((current) =>
+      (current ?? []).map((c) => {
+        const i = ids.indexOf(c.id);
+        if (i < 0) return c;
+        const r = results[i];
+        return r.status === "fulfilled" ? { ...c, label: r.value } : before.get(c.id) ?? c;
+      }),
+    );
+    if (!failed.length) showInfo(`${ids.length} cell${ids.length > 1 ? "s" : ""} now ${code} (${names.get(code)}).`);
+    setSelected(new Set());
+    void refreshServer();
+  };
+
+  const toggle = (id: number, mode: "only" | "toggle" | "range") => {
+    setFocusId(id);
+    setSelected((prev) => {
+      if (mode === "only") return prev.size === 1 && prev.has(id) ? new Set() : new Set([id]);
+      if (mode === "toggle") {
+        const next = new Set(prev);
+        next.has(id) ? next.delete(id) : next.add(id);
+        anchor.current = id;
+        return next;
+      }
+      const a = order.indexOf(anchor.current ?? id);
+      const b = order.indexOf(id);
+      const [lo, hi] = a < b ? [a, b] : [b, a];
+      return new Set([...prev, ...order.slice(lo, hi + 1)]);
+    });
+    if (mode === "only") anchor.current = id;
+  };
+
+  const moveFocus = (delta: number, extend: boolean) => {
+    if (!order.length) return;
+    const i = focusId === null ? 0 : Math.min(order.length - 1, Math.max(0, order.indexOf(focusId) + delta));
+    const id = order[i];
+    setFocusId(id);
+    if (extend) setSelected((prev) => new Set([...prev, id, ...(focusId !== null ? [focusId] : [])]));
+    gallery.current?.querySelector<HTMLElement>(`[data-cell-id="${id}"]`)?.focus();
+  };
+
+  const columns = () => {
+    const buttons = gallery.current?.querySelectorAll<HTMLElement>(".thumb");
+    if (!buttons || buttons.length < 2) return 1;
+    const top = buttons[0].offsetTop;
+    let n = 0;
+    for (const b of buttons) {
+      if (b.offsetTop !== top) break;
+      n += 1;
+    }
+    return Math.max(1, n);
+  };
+
+  const onGalleryKey = (e: KeyboardEvent) => {
+    if (dialogOpen() || isTypingTarget(e.target)) return;
+    const arrows: Record<string, number> = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns(), Home: -1e9, End: 1e9 };
+    if (e.key in arrows) {
+      e.preventDefault();
+      moveFocus(arrows[e.key], e.shiftKey);
+      return;
+    }
+    if ((e.key === " " || e.key === "Enter") && focusId !== null) {
+      e.preventDefault();
+      toggle(focusId, "toggle");
+      return;
+    }
+    if (e.key === "Escape") {
+      setSelected(new Set());
+      return;
+    }
+    const action = keyAction(e, keymap);
+    if (action?.kind === "label" && canLabel) {
+      e.preventDefault();
+      void reclassify(action.code);
+    }
+  };
+
+  const signOff = async () => {
+    if (!caseInfo || !local) return;
+    const ok = await confirmAction(
+      `Sign off case ${caseInfo.accession_id}?`,
+      <p>
+        The differential of {local.cells_total} cells ({local.wbc_counted} WBC counted) becomes final.
+        {local.predicted_only ? ` ${local.predicted_only} cells are counted by the model's class only.` : ""}
+      </p>,
+      "Sign off",
+    );
+    if (!ok) return;
+    try {
+      const updated = await post<Case>(`/api/cases/${caseId}/sign-off/`);
+      setCase({ ...caseInfo, ...updated });
+      showInfo(`Case ${updated.accession_id} is signed off.`);
+    } catch (e) {
+      showError(e, "signing off");
+    }
+  };
+
+  if (!caseInfo || !cells || !local) return <p>Loading case…</p>;
+  const blocker = signOffBlocker(local, caseInfo.status);
+
+  return (
+    <section class="case-review" aria-labelledby="case-title">
+      <h1 id="case-title">
+        Case {caseInfo.accession_id}{" "}
+        <span class={`status status-${caseInfo.status}`} data-testid="case-status">
+          {STATUS_TEXT[caseInfo.status] ?? caseInfo.status}
+        </span>
+      </h1>
+      <p class="muted">
+        {caseInfo.diagnosis || "No diagnosis recorded"} · {cells.length} cells · <a href="#/cases">all cases</a>
+      </p>
+      <div class="review-layout">
+        <div class="gallery-col">
+          {canLabel && (
+            <p class="help" id="gallery-help">
+              Select cells with the mouse (Ctrl-click adds, Shift-click a range) or the keyboard (arrows move, Space
+              selects, Shift+arrows extend, Esc clears); then press a class key or a class button. {selected.size} selected
+              {saving ? ", saving…" : ""}.
+            </p>
+          )}
+          <div class="gallery" ref={gallery} onKeyDown={onGalleryKey} data-testid="gallery" aria-describedby="gallery-help">
+            {groups.map((g) => (
+              <section key={g.code ?? "none"} class="gallery-group" aria-label={g.code ? `${g.code} ${names.get(g.code)}` : "Not classified"} data-group={g.code ?? "none"}>
+                <h2>
+                  {g.code ? (
+                    <>
+                      <span class="code">{g.code}</span> {names.get(g.code)}
+                    </>
+                  ) : (
+                    "Not classified yet"
+                  )}{" "}
+                  <span class="muted">({g.cells.length})</span>
+                </h2>
+                <div class="thumbs">
+                  {g.cells.map((c) => {
+                    const isSel = selected.has(c.id);
+                    const source = c.label ? (c.label.source === "imported" ? "imported" : "labelled") : c.prediction ? "model" : "none";
+                    return (
+                      <button
+                        type="button"
+                        key={c.id}
+                        class={`thumb${isSel ? " selected" : ""}${isOpen(c) ? " open" : ""}`}
+                        data-cell-id={c.id}
+                        aria-pressed={isSel}
+                        tabIndex={(focusId ?? order[0]) === c.id ? 0 : -1}
+                        onFocus={() => setFocusId(c.id)}
+                        onClick={(e) => {
+                          if (e.detail === 0) return; // Enter/Space from the keyboard: handled above
+                          toggle(c.id, e.shiftKey ? "range" : e.ctrlKey || e.metaKey ? "toggle" : "only");
+                        }}
+                        aria-label={`Cell ${c.id}: ${codeOf(c) ?? "not classified"} (${source}${c.prediction ? `, model ${c.prediction.top_code} ${Math.round(100 * c.prediction.confidence)} %` : ""})${isOpen(c) ? ", open in the queue" : ""}${isSel ? ", selected" : ""}`}
+                      >
+                        <img src={c.thumbnail_url} alt="" loading="lazy" width={96} height={96} />
+                        <span class="badge">
+                          {isSel && <span class="tick">✓ </span>}
+                          {codeOf(c) ?? "?"} · {source === "model" ? `model ${Math.round(100 * (c.prediction?.confidence ?? 0))}%` : source}
+                          {isOpen(c) ? " · queued" : ""}
+                        </span>
+                      </button>
+                    );
+                  })}
+                </div>
+              </section>
+            ))}
+          </div>
+          {canLabel && (
+            <Palette
+              boot={boot}
+              verb="Reclassify selected as"
+              disabled={caseInfo.status === "signed_off"}
+              onPick={(code) => void reclassify(code)}
+            />
+          )}
+        </div>
+        <aside class="diff-col" aria-label="Differential">
+          <DifferentialTable d={local} />
+          {canLabel && (
+            <div class="signoff">
+              <button type="button" class="primary" onClick={signOff} disabled={!!blocker} aria-describedby="signoff-why" data-testid="signoff">
+                Sign off the case
+              </button>
+              <p id="signoff-why" class="muted">
+                {blocker ?? "Every cell has been reviewed; the case can be signed off."}
+              </p>
+            </div>
+          )}
+        </aside>
+      </div>
+    </section>
+  );
+}
+
+export function DifferentialTable({ d }: { d: Differential }) {
+  const fmt = (p: number | null) => (p === null ? "–" : `${p.toFixed(1)} %`);
+  return (
+    <div class="differential" data-testid="differential">
+      <h2>Differential</h2>
+      <p class="muted">
+        {d.wbc_counted} WBC counted · {d.labelled} labelled · {d.predicted_only} by the model only · {d.unclassified} not classified
+      </p>
+      <table class="data compact">
+        <thead>
+          <tr>
+            <th scope="col">Class</th>
+            <th scope="col" class="num">Count</th>
+            <th scope="col" class="num">%</th>
+          </tr>
+        </thead>
+        <tbody>
+          {d.classes.map((c) => (
+            <tr key={c.code} data-code={c.code} class={c.count ? "" : "zero"}>
+              <th scope="row" title={c.name}>
+                <span class="code">{c.code}</span> <span class="name">{c.name}</span>
+                {c.source === "model" || c.source === "mixed" ? <span class="muted"> ({c.predicted} model)</span> : null}
+              </th>
+              <td class="num" data-testid={`count-${c.code}`}>
+                {c.count}
+              </td>
+              <td class="num">{c.per_100_wbc !== null ? `${c.per_100_wbc.toFixed(1)} /100 WBC` : fmt(c.percent)}</td>
+            </tr>
+          ))}
+        </tbody>
+        <tfoot>
+          <tr>
+            <th scope="row">Normal</th>
+            <td class="num" data-testid="total-normal">{d.totals.normal.count}</td>
+            <td class="num">{fmt(d.totals.normal.percent)}</td>
+          </tr>
+          <tr>
+            <th scope="row">Abnormal</th>
+            <td class="num" data-testid="total-abnormal">{d.totals.abnormal.count}</td>
+            <td class="num">{fmt(d.totals.abnormal.percent)}</td>
+          </tr>
+        </tfoot>
+      </table>
+      <h3>Flags</h3>
+      <ul class="flags" data-testid="flags">
+        {d.flags.map((f) => (
+          <li key={f.code}>
+            <span class="tag">⚠</span> {f.message}
+          </li>
+        ))}
+        {!d.flags.length && <li>None</li>}
+      </ul>
+      <p class="muted">
+        Keys: <Kbd k="Esc" /> clears the selection.
+      </p>
+    </div>
+  );
+}

@@ -1,0 +1,186 @@
+"""Browser tests: Debian's Chromium (headless, driven by Playwright for Python) against a
+live uvicorn server on the pytest-django PostgreSQL database, with Redis and a real
+Celery worker (tests/conftest.py). Screenshots go to test-artifacts/e2e/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI, require_service, worker_env
+from tests.paths import REPO_ROOT
+
+# Playwright's sync API runs an event loop on the test's thread; Django would then refuse
+# ORM calls made by the test itself (seeding, checks) as "async unsafe". They are not
+# concurrent with anything, so allow them in these tests.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+CHROMIUM = Path(os.environ.get("WBC_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
+BUNDLE = REPO_ROOT / "frontend" / "static" / "app" / "app.js"
+PASSWORD = "Long-enough-pass-1"
+
+
+def _ensure_bundle() -> None:
+    """The UI bundle is built by `make setup`; build it here when it is missing."""
+    if BUNDLE.exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail(
+            "frontend/static/app/app.js is missing and npm is not installed; run make setup"
+        )
+    frontend = REPO_ROOT / "frontend"
+    if not (frontend / "node_modules").is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=frontend, check=True)
+    subprocess.run([npm, "run", "build"], cwd=frontend, check=True)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    require_service(f"Chromium ({CHROMIUM})", CHROMIUM.exists())
+    _ensure_bundle()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_server_url(
+    redis_url: str, tmp_path: Path, settings: Any, transactional_db: None
+) -> Iterator[str]:
+    """uvicorn (HTTP and websockets) on a free loopback port, on the test database and
+    this test's media folder."""
+    port = _free_port()
+    log = tmp_path / "server.log"
+    env = worker_env(
+        redis_url,
+        Path(str(settings.MEDIA_ROOT)),
+        {"WBC_DATA_DIR": str(tmp_path / "data"), "ALLOWED_HOSTS": "127.0.0.1,localhost"},
+    )
+    cmd = [
+        sys.executable, "-m", "uvicorn", "wbcportal.asgi:application",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=fh, stderr=fh)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health/", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start within 60 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if IN_CI and log.exists():
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, ARTIFACTS / f"server-{port}.log")
+
+
+@pytest.fixture
+def new_page(browser: Any, live_server_url: str) -> Iterator[Any]:
+    """A fresh browser context (its own cookies) per call; console errors and failed
+    responses are collected on ``page.console_errors``."""
+    contexts = []
+
+    def make() -> Any:
+        context = browser.new_context(
+            base_url=live_server_url, viewport={"width": 1440, "height": 1000}
+        )
+        contexts.append(context)
+        page = context.new_page()
+        page.console_errors = []
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        page.on(
+            "response",
+            lambda r: (
+                r.status >= 400
+                and page.console_errors.append(f"{r.status} {r.request.method} {r.url}")
+            ),
+        )
+        page.set_default_timeout(15_000)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def screenshot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def sign_in(page: Any, username: str, password: str = PASSWORD) -> None:
+    page.goto("/accounts/login/?next=/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_selector("[data-testid=user]")
+    assert page.get_by_test_id("user").inner_text() == username
+
+
+def api_json(page: Any, method: str, path: str, data: Any = None) -> tuple[int, Any]:
+    """Call the API with the page's session (and its CSRF token), as the UI does."""
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    headers = {"X-CSRFToken": cookies.get("csrftoken", ""), "Referer": page.url}
+    response = page.request.fetch(path, method=method, headers=headers, data=data)
+    try:
+        body = response.json()
+    except Exception:
+        body = None
+    return response.status, body
+
+
+def wait_until(condition: Any, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
