@@ -12,3 +12,10 @@ class AnnotationConfig(AppConfig):
 
         # Permissions only exist after migrate has run, so role groups are (re)built then.
         post_migrate.connect(roles_ensure_on_migrate, sender=self)
+
+        from django.contrib.auth.signals import user_login_failed
+
+        from annotation.services.audit import audit_login_failed
+
+        # Failed sign-ins belong in the audit trail (who tried which account, from where).
+        user_login_failed.connect(audit_login_failed, dispatch_uid="wbc-audit-login-failed")

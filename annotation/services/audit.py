@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
@@ -27,3 +29,39 @@ def audit_event_create(
         before=before,
         after=after,
     )
+
+
+def audit_login_failed(
+    sender: Any, credentials: dict[str, Any], request: Any = None, **kwargs: Any
+) -> None:
+    username = str(credentials.get("username", ""))[:150]
+    address = request.META.get("REMOTE_ADDR", "") if request is not None else ""
+    audit_event_create(
+        actor=None,
+        action="login.failed",
+        target_type="user",
+        target_id=username,
+        after={"username": username, "remote_addr": address},
+    )
+
+
+def audit_events_export(
+    *, since: datetime | None, until: datetime | None
+) -> Iterator[dict[str, Any]]:
+    """Every audit event in [since, until), oldest first, as plain dicts (streamed)."""
+    events = AuditEvent.objects.select_related("actor").order_by("id")
+    if since is not None:
+        events = events.filter(created_at__gte=since)
+    if until is not None:
+        events = events.filter(created_at__lt=until)
+    for event in events.iterator(chunk_size=2000):
+        yield {
+            "id": event.pk,
+            "created_at": event.created_at.isoformat(),
+            "actor": event.actor.get_username() if event.actor else None,
+            "action": event.action,
+            "target_type": event.target_type,
+            "target_id": event.target_id,
+            "before": event.before,
+            "after": event.after,
+        }
