@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Prefetch
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -23,6 +23,7 @@ from annotation.services.review_queue import (
     review_item_release,
     review_item_skip,
     review_item_submit,
+    review_items_next,
 )
 
 
@@ -62,7 +63,7 @@ class ReviewItemSerializer(serializers.ModelSerializer[ReviewItem]):
             "top_code": p.top_code,
             "confidence": p.confidence,
             "margin": p.margin,
-            "probabilities": p.probabilities,
+            "probabilities": dict(zip(p.model_version.class_codes, p.probabilities, strict=False)),
         }
 
 
@@ -88,21 +89,48 @@ def _item_with_cell(item: ReviewItem) -> ReviewItem:
 
 class ReviewNextApi(APIView):
     """Lease the next cell to review (or renew the caller's current lease). 204 when the
-    queue holds nothing for the caller."""
+    queue holds nothing for the caller. With ``{"count": n}`` (1..10) up to n leases at
+    once, so a browser can prefetch: ``{"items": [...]}``, the caller's live leases
+    first."""
 
     permission_classes = [Roles(POST=LABELLERS)]
 
+    class NextInputSerializer(serializers.Serializer):
+        count = serializers.IntegerField(min_value=1, max_value=10, required=False)
+
+    class NextManyOutputSerializer(serializers.Serializer):
+        items = ReviewItemSerializer(many=True)
+
     @extend_schema(
-        request=None,
-        responses={200: ReviewItemSerializer, 204: OpenApiResponse(description="queue empty")},
+        request=NextInputSerializer,
+        responses={
+            200: PolymorphicProxySerializer(
+                component_name="ReviewNextResponse",
+                serializers=[ReviewItemSerializer, NextManyOutputSerializer],
+                resource_type_field_name=None,
+            ),
+            204: OpenApiResponse(description="queue empty"),
+        },
     )
     def post(self, request: Request) -> Response:
+        data = self.NextInputSerializer(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        count = data.validated_data.get("count")
+        context = {"request": request}
+        if count is not None:
+            items = review_items_next(user=request_user(request), count=count)
+            return Response(
+                {
+                    "items": [
+                        ReviewItemSerializer(_item_with_cell(i), context=context).data
+                        for i in items
+                    ]
+                }
+            )
         item = review_item_next(user=request_user(request))
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(
-            ReviewItemSerializer(_item_with_cell(item), context={"request": request}).data
-        )
+        return Response(ReviewItemSerializer(_item_with_cell(item), context=context).data)
 
 
 class ReviewSubmitApi(APIView):

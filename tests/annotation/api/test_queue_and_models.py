@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from annotation.models import Label, ModelVersion, ReviewItem, TrainingJob
+from mlworker.taxonomy import CODES
 from tests.annotation.api.conftest import queue
 
 pytestmark = pytest.mark.django_db
@@ -149,3 +150,19 @@ def test_training_jobs_trigger_list_detail_cancel(admin_api, ds_api, db) -> None
     again = admin_api.post(f"/api/training-jobs/{job['id']}/cancel/")
     assert again.status_code == 409
     assert ds_api.get("/api/training-jobs/424242/").status_code == 404
+
+
+def test_next_with_count_leases_several_for_prefetching(heme_api, admin_api, queued) -> None:
+    first = heme_api.post("/api/queue/next/", {"count": 2}, format="json").json()["items"]
+    assert len(first) == 2 and len({i["id"] for i in first}) == 2
+    every = heme_api.post("/api/queue/next/", {"count": 10}, format="json").json()["items"]
+    suggestions = [i["suggestion"] for i in every if i["suggestion"]]
+    assert suggestions and all(set(s["probabilities"]) == set(CODES) for s in suggestions)
+    heme_api.post(f"/api/queue/items/{every[-1]['id']}/release/")
+    # The caller's live leases come first, renewed.
+    again = heme_api.post("/api/queue/next/", {"count": 2}, format="json").json()["items"]
+    assert sorted(i["id"] for i in again) == sorted(i["id"] for i in first)
+    others = admin_api.post("/api/queue/next/", {"count": 10}, format="json").json()["items"]
+    assert not {i["id"] for i in others} & {i["id"] for i in first}
+    bad = heme_api.post("/api/queue/next/", {"count": 50}, format="json")
+    assert bad.status_code == 400 and "count" in bad.json()["error"]["fields"]
