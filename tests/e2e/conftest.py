@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -146,6 +147,31 @@ def new_page(browser: Any, live_server_url: str) -> Iterator[Any]:
     yield make
     for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def queue_beat(transactional_db: None) -> Iterator[None]:
+    """What Celery beat does for the browser: send the review-queue counts when they
+    changed (mlworker.tasks.broadcast_queue_counts), here every half second from a
+    thread (the test's own thread runs Playwright's event loop)."""
+    from django.db import connection
+
+    from annotation.services.events import queue_counts_flush
+
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            while not stop.wait(0.5):
+                queue_counts_flush()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, name="queue-beat", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=10)
 
 
 def screenshot(page: Any, name: str) -> Path:

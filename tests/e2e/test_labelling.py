@@ -39,7 +39,12 @@ def press_and_wait_for_next(page: Any, key: str) -> int:
 
 @pytest.mark.django_db(transaction=True)
 def test_hematologist_labels_ten_cells_by_keyboard_undoes_one_and_skips_one(
-    celery_worker: Any, live_server_url: str, new_page: Any, tmp_path: Path, shared_data: Path
+    celery_worker: Any,
+    live_server_url: str,
+    new_page: Any,
+    queue_beat: None,
+    tmp_path: Path,
+    shared_data: Path,
 ) -> None:
     users()
     case = queued_smear(tmp_path, shared_data, SMEAR, log=tmp_path / "worker.log")

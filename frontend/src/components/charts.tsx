@@ -39,7 +39,7 @@ export function PairedBars({ rows, nameA, nameB }: { rows: { code: string; label
   const pct = (v: number | null) => (v === null ? "n/a" : `${(100 * v).toFixed(1)} %`);
   return (
     <table class="paired" data-testid="tpr-compare">
-      <caption>Per-class TPR (recall) on the evaluation set: A = {nameA}, B = {nameB}</caption>
+      <caption>Per-class TPR (recall) on the evaluation set: A = {nameA} (upper bar), B = {nameB} (lower bar)</caption>
       <thead>
         <tr>
           <th scope="col">Class</th>

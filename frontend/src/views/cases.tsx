@@ -166,6 +166,7 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
     const before = new Map(cells.map((c) => [c.id, c]));
     const optimistic: Label = { id: 0, cell: 0, code, source: "hematologist", annotator: boot.user.username, created_at: "", supersedes: null };
     setCells(cells.map((c) => (ids.includes(c.id) ? { ...c, label: { ...optimistic, cell: c.id } } : c)));
+    setSelected(new Set()); // now, not after the answers: the next selection may start meanwhile
     setSaving((n) => n + 1);
     const results = await Promise.allSettled(ids.map((id) => post<Label>(`/api/cells/${id}/labels/`, { code })));
     setSaving((n) => n - 1);
@@ -180,7 +181,6 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
       }),
     );
     if (!failed.length) showInfo(`${ids.length} cell${ids.length > 1 ? "s" : ""} now ${code} (${names.get(code)}).`);
-    setSelected(new Set());
     void refreshServer();
   };
 

@@ -88,7 +88,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
   };
 
   const queue = useMemo(
-    () => new LabelQueue(api, { depth: 2, prepare, onChange: rerender, onError: (e, doing) => showError(e, doing) }),
+    () => new LabelQueue(api, { depth: 4, prepare, onChange: rerender, onError: (e, doing) => showError(e, doing) }),
     [],
   );
   const [counts, setCounts] = useState<QueueCounts | null>(null);
