@@ -6,7 +6,7 @@ Data path (see mlworker/classifier.md):
 - CUDA: workers only read file bytes; the batch is decoded on the GPU with
   ``torchvision.io.decode_jpeg(..., device="cuda")`` (nvJPEG), resized and normalised
   there, so the CPU is not the bottleneck.
-- Model in channels_last, under ``torch.inference_mode()``; bf16 autocast on CUDA, fp32
+- BatchNorm folded into the convolutions; model in channels_last, under ``torch.inference_mode()``; bf16 autocast on CUDA, fp32
   on CPU unless ``precision="bf16"`` is asked for (see mlworker/device.py).
 
 An unreadable image yields an ``ImageScore`` with ``error`` set; the rest of its batch
@@ -41,6 +41,7 @@ from mlworker.data import (
 from mlworker.device import PRECISIONS, Runtime, choose_runtime, inference
 from mlworker.model import (
     Checkpoint,
+    fuse_batchnorm,
     load_checkpoint,
     model_from_checkpoint,
     preset_from_checkpoint,
@@ -105,7 +106,7 @@ class Scorer:
         self.temperature = float(ckpt["temperature"])
         self.arch = ckpt["arch"]
         self.preset = preset_from_checkpoint(ckpt)
-        self.model = self.runtime.prepare_model(model_from_checkpoint(ckpt)).eval()
+        self.model = self.runtime.prepare_model(fuse_batchnorm(model_from_checkpoint(ckpt)))
         self.decode_on_device = (
             self.runtime.is_cuda if decode_on_device is None else decode_on_device
         )
@@ -145,7 +146,8 @@ class Scorer:
         self, items: list[ImageInput], batch_size: int, num_workers: int | None
     ) -> Iterator[CellBatch]:
         from_files = any(not isinstance(i, torch.Tensor) for i in items)
-        raw = self.decode_on_device and from_files
+        # device-side decoding needs every item as file bytes; mixed inputs decode on CPU
+        raw = self.decode_on_device and not any(isinstance(i, torch.Tensor) for i in items)
         dataset = CellImages(items, transform=None if raw else self._cpu_transform, raw_bytes=raw)
         if num_workers is None:
             num_workers = default_workers() if from_files and len(items) > batch_size else 0
@@ -174,7 +176,7 @@ class Scorer:
         try:
             decoded = decode_jpeg(batch.data, mode=ImageReadMode.RGB, device=device)
             kept = list(zip(batch.indices, decoded, strict=True))
-        except RuntimeError:
+        except Exception:  # one bad file fails the whole batched call: isolate it
             kept = []
             for index, data in zip(batch.indices, batch.data, strict=True):
                 try:

@@ -8,6 +8,7 @@ from mlworker import taxonomy
 from mlworker.model import (
     CheckpointError,
     build_classifier,
+    fuse_batchnorm,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
@@ -107,3 +108,20 @@ def test_make_checkpoint_refuses_a_class_list_that_does_not_fit_the_head():
     model = build_classifier("resnet18", num_classes=5)
     with pytest.raises(CheckpointError, match="14 class codes for a 5-way head"):
         make_checkpoint(model, arch="resnet18")
+
+
+def test_folding_batchnorm_keeps_the_function_of_the_model():
+    torch.manual_seed(0)
+    model = build_classifier("resnet18").eval()
+    for module in model.modules():  # non-trivial statistics, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model(x)
+        fused = fuse_batchnorm(model)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        torch.testing.assert_close(fused(x), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_batchnorm(build_classifier("resnet18"))

@@ -1,0 +1,230 @@
+# ruff: noqa: E402  (imports follow the sys.path line that makes mlworker importable)
+"""Scoring throughput, end to end from JPEG files on disk: our path vs the plain loop.
+
+    .venv/bin/python benchmarks/bench_scoring.py                       # CPU, ResNet-152, 224 px
+    .venv/bin/python benchmarks/bench_scoring.py --arch resnet18 --n-images 512
+    python benchmarks/bench_scoring.py --device cuda --n-images 3600 --file-repeats 4 \
+        --chunk 1800 --batch-size 256 --precisions bf16 --baseline-images 512    # on a GPU machine
+
+The plain loop is what one would write first: torchvision ResNet, fp32, NCHW, batch 16,
+PIL decode and transforms in the main thread, ``torch.no_grad``. Our path is
+``mlworker.score.Scorer`` (DataLoader decode workers, or nvJPEG on CUDA; channels_last;
+``inference_mode``; autocast per ``--precisions``). Both use the same random-init weights
+(no download), so their outputs are compared too: argmax agreement and the largest
+probability difference against the fp32 plain loop.
+
+Paths are timed interleaved in turns of ``--chunk`` images (plain, ours..., then the next
+turn in rotated order), because this machine's CPUs are shared with other jobs; the
+report gives overall images/s per path and the median per-turn speedup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torchvision import transforms
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mlworker import taxonomy
+from mlworker.data import decode_file, discover_samples
+from mlworker.device import choose_runtime
+from mlworker.model import WBCClassifier, build_classifier, make_checkpoint
+from mlworker.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset
+from mlworker.score import Scorer
+
+
+def pick_images(data: Path, n: int) -> list[Path]:
+    """n images spread evenly over the classes, in a fixed order."""
+    by_class: dict[str, list[Path]] = {}
+    for sample in discover_samples(data):
+        by_class.setdefault(sample.code or "", []).append(sample.path)
+    picked: list[Path] = []
+    queues = [sorted(paths) for _, paths in sorted(by_class.items())]
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop(0))
+    return picked
+
+
+def plain_loop(
+    model: torch.nn.Module, paths: list[Path], size: int, device: torch.device
+) -> np.ndarray:
+    """The first thing one would write. Returns logits."""
+    transform = transforms.Compose(
+        [
+            transforms.Resize((size, size)),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(paths), 16):
+            batch = torch.stack(
+                [transform(Image.open(p).convert("RGB")) for p in paths[start : start + 16]]
+            ).to(device)
+            out.append(model(batch).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def recalibrate_batchnorm(model: WBCClassifier, paths: list[Path], size: int) -> None:
+    """Give the random network realistic activations: BN statistics from real cells.
+
+    A random-init ResNet-152 with default BN statistics saturates the softmax (one-hot
+    outputs for every image), which would make the precision comparison meaningless.
+    """
+    preset = EvalPreset(size)
+    batch = torch.stack([preset(decode_file(p)) for p in paths])
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(batch.contiguous(memory_format=torch.channels_last))
+    model.eval()
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """How far ``other`` logits are from ``reference`` logits, and whether it matters."""
+    ref_p = torch.softmax(torch.from_numpy(reference), 1).numpy()
+    oth_p = torch.softmax(torch.from_numpy(other), 1).numpy()
+    return {
+        "argmax_agreement": float((ref_p.argmax(1) == oth_p.argmax(1)).mean()),
+        "max_abs_prob_diff": float(np.abs(ref_p - oth_p).max()),
+        "mean_abs_prob_diff": float(np.abs(ref_p - oth_p).mean()),
+        "logit_rel_error": float(np.linalg.norm(other - reference) / np.linalg.norm(reference)),
+        "mean_max_prob_reference": float(ref_p.max(1).mean()),
+    }
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "pbc"))
+    parser.add_argument("--arch", default="resnet152", help="torchvision ResNet")
+    parser.add_argument("--size", type=int, default=224, help="model input size")
+    parser.add_argument("--n-images", type=int, default=256, help="distinct JPEGs to use")
+    parser.add_argument("--file-repeats", type=int, default=1, help="repeat the list (GPU)")
+    parser.add_argument("--chunk", type=int, default=64, help="images per interleaved turn")
+    parser.add_argument("--baseline-images", type=int, default=None, help="plain loop subset")
+    parser.add_argument("--batch-size", type=int, default=32, help="our batch size")
+    parser.add_argument("--workers", type=int, default=None, help="our decode workers")
+    parser.add_argument("--precisions", default="fp32,bf16", help="our autocast variants")
+    parser.add_argument("--bn-images", type=int, default=16, help="BN recalibration images")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--json", default=None, help="write the results here")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    paths = pick_images(Path(args.data), args.n_images) * args.file_repeats
+    baseline_budget = args.baseline_images or len(paths)
+
+    model = build_classifier(args.arch)
+    if args.bn_images:
+        recalibrate_batchnorm(
+            model, pick_images(Path(args.data), 9 * 40)[-args.bn_images :], args.size
+        )
+    checkpoint = make_checkpoint(model, arch=args.arch, input_size=args.size)
+    plain = torchvision.models.get_model(args.arch, weights=None)
+    plain.fc = torch.nn.Linear(plain.fc.in_features, len(taxonomy.CODES))
+    plain.load_state_dict({k.removeprefix("backbone."): v for k, v in model.state_dict().items()})
+    plain = plain.eval().to(device)
+    scorers = {
+        f"ours_{p}": Scorer(checkpoint, runtime=choose_runtime(device, p))
+        for p in args.precisions.split(",")
+    }
+
+    # warm-up: oneDNN / cuDNN pick kernels on the first call of each shape
+    plain_loop(plain, paths[:16], args.size, device)
+    for scorer in scorers.values():
+        scorer.score(paths[: args.batch_size], batch_size=args.batch_size, num_workers=0)
+
+    # Interleave in turns of --chunk images, rotating the order, so that load from other
+    # jobs on this shared machine hits every path alike.
+    names = ["plain", *scorers]
+    seconds = dict.fromkeys(names, 0.0)
+    counted = dict.fromkeys(names, 0)
+    ratios: dict[str, list[float]] = {n: [] for n in scorers}
+    logits: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    chunks = [paths[i : i + args.chunk] for i in range(0, len(paths), args.chunk)]
+    for turn, chunk in enumerate(chunks):
+        rate = {}
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            if name == "plain" and counted["plain"] >= baseline_budget:
+                continue
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            if name == "plain":
+                logits[name].append(plain_loop(plain, chunk, args.size, device))
+            else:
+                scores = scorers[name].score(
+                    chunk, batch_size=args.batch_size, num_workers=args.workers
+                )
+                assert all(s.error is None for s in scores)
+                logits[name].append(np.stack([s.logits for s in scores]))
+            elapsed = time.perf_counter() - start
+            seconds[name] += elapsed
+            counted[name] += len(chunk)
+            rate[name] = len(chunk) / elapsed
+        for name in scorers:
+            if "plain" in rate:
+                ratios[name].append(rate[name] / rate["plain"])
+        print(
+            f"turn {turn + 1}/{len(chunks)}: "
+            + ", ".join(f"{k} {v:.1f} img/s" for k, v in rate.items()),
+            flush=True,
+        )
+
+    outputs = {n: np.concatenate(v) for n, v in logits.items()}
+    n_ref = len(outputs["plain"])
+    throughput = {n: counted[n] / seconds[n] for n in names}
+    result = {
+        "machine": {
+            "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        },
+        "arch": args.arch,
+        "input_size": args.size,
+        "n_images": len(paths),
+        "baseline_images": n_ref,
+        "batch_size_ours": args.batch_size,
+        "chunk": args.chunk,
+        "images_per_s": throughput,
+        "speedup_vs_plain_overall": {n: throughput[n] / throughput["plain"] for n in scorers},
+        "speedup_vs_plain_median_per_turn": {
+            n: statistics.median(r) for n, r in ratios.items() if r
+        },
+        "vs_plain_fp32": {n: compare(outputs["plain"], outputs[n][:n_ref]) for n in scorers},
+    }
+    if "ours_fp32" in outputs and "ours_bf16" in outputs:
+        result["bf16_vs_fp32_ours"] = compare(outputs["ours_fp32"], outputs["ours_bf16"])
+    print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
