@@ -34,6 +34,7 @@ class CaseSerializer(serializers.ModelSerializer[Case]):
             "diagnosis",
             "source",
             "metadata",
+            "labels_required",
             "status",
             "created_at",
             "updated_at",
@@ -101,6 +102,10 @@ class CaseListCreateApi(APIView):
             max_length=255, required=False, allow_blank=True, default=""
         )
         metadata = JSONObjectField(required=False, default=dict)
+        labels_required = serializers.IntegerField(
+            min_value=1, max_value=5, required=False, default=1,
+            help_text="independent reads each queued cell of the case needs (2 = double reading)",
+        )  # fmt: skip
 
     @extend_schema(
         operation_id="cases_list",

@@ -255,6 +255,7 @@ class RoutingConfigSerializer(serializers.ModelSerializer[RoutingConfig]):
             "strategy",
             "lease_seconds",
             "retrain_min_new_labels",
+            "labels_required_abnormal",
             "updated_at",
         ]
         read_only_fields = ["updated_at"]
@@ -273,6 +274,9 @@ class RoutingConfigApi(APIView):
         strategy = serializers.CharField(required=False, max_length=32)
         lease_seconds = serializers.IntegerField(required=False)
         retrain_min_new_labels = serializers.IntegerField(required=False)
+        labels_required_abnormal = serializers.IntegerField(
+            required=False, help_text="independent reads for cells predicted abnormal (1-5)"
+        )
 
     @extend_schema(responses=RoutingConfigSerializer)
     def get(self, request: Request) -> Response:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rest_framework.permissions import BasePermission
 
-from annotation.services.roles import ADMIN, DATA_SCIENTIST, HEMATOLOGIST
+from annotation.services.roles import ADMIN, DATA_SCIENTIST, HEMATOLOGIST, SENIOR_HEMATOLOGIST
 
 if TYPE_CHECKING:  # importing DRF views here would be circular (DRF settings load us)
     from rest_framework.request import Request
@@ -27,9 +27,10 @@ if TYPE_CHECKING:  # importing DRF views here would be circular (DRF settings lo
 
 ANYONE = "anonymous"  # not a role: marks endpoints open to unauthenticated requests
 
-EVERYONE: frozenset[str] = frozenset({HEMATOLOGIST, ADMIN, DATA_SCIENTIST})
+EVERYONE: frozenset[str] = frozenset({HEMATOLOGIST, SENIOR_HEMATOLOGIST, ADMIN, DATA_SCIENTIST})
 ADMINS: frozenset[str] = frozenset({ADMIN})
-LABELLERS: frozenset[str] = frozenset({HEMATOLOGIST, ADMIN})
+LABELLERS: frozenset[str] = frozenset({HEMATOLOGIST, SENIOR_HEMATOLOGIST, ADMIN})
+ADJUDICATORS: frozenset[str] = frozenset({SENIOR_HEMATOLOGIST, ADMIN})
 EXPORTERS: frozenset[str] = frozenset({DATA_SCIENTIST, ADMIN})
 PUBLIC: frozenset[str] = frozenset({ANYONE, *EVERYONE})
 

@@ -8,7 +8,7 @@ from typing import Any
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from annotation.api import auth, cases, cells, exports, labels, models, queue
+from annotation.api import adjudication, auth, cases, cells, exports, labels, models, queue
 from annotation.api.errors import json_not_found
 from annotation.api.permissions import PUBLIC, Roles
 
@@ -56,6 +56,14 @@ urlpatterns: list[Any] = [
     ),
     path("queue/items/<int:item_id>/flag/", queue.ReviewFlagApi.as_view(), name="queue-flag"),
     path("routing-config/", models.RoutingConfigApi.as_view(), name="routing-config"),
+    # double reading
+    path("adjudication/", adjudication.AdjudicationListApi.as_view(), name="adjudication"),
+    path(
+        "adjudication/<int:item_id>/decide/",
+        adjudication.AdjudicationDecideApi.as_view(),
+        name="adjudication-decide",
+    ),
+    path("agreement/", adjudication.AgreementApi.as_view(), name="agreement"),
     # model versions and training
     path("model-versions/", models.ModelVersionListApi.as_view(), name="model-versions"),
     path(

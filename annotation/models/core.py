@@ -24,6 +24,8 @@ class Case(models.Model):
     diagnosis = models.CharField(max_length=255, blank=True, default="")
     source = models.CharField(max_length=255, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
+    # Independent labels each queued cell of this case needs (2+ = double reading).
+    labels_required = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -94,6 +96,11 @@ class Label(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
     )
     source = models.CharField(max_length=16, choices=Source.choices)
+    # Set on an independent read of a double-read review item: the label is kept but
+    # does not count until the reads agree or a senior hematologist adjudicates.
+    review_item = models.ForeignKey(
+        "ReviewItem", null=True, blank=True, on_delete=models.PROTECT, related_name="reads"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     # One-to-one: a label can be superseded once, so two concurrent relabels of the same
     # cell cannot both claim to replace the same label.

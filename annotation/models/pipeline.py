@@ -111,6 +111,9 @@ class RoutingConfig(models.Model):
     strategy = models.CharField(max_length=32, default="default")
     lease_seconds = models.PositiveIntegerField(default=600)
     retrain_min_new_labels = models.PositiveIntegerField(default=200)
+    # Independent reads for cells predicted as an abnormal class (the case's own setting
+    # applies when higher).
+    labels_required_abnormal = models.PositiveSmallIntegerField(default=1)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -123,10 +126,12 @@ class ReviewItem(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         LEASED = "leased", "Leased"
+        ADJUDICATION = "adjudication", "Awaiting adjudication"
         DONE = "done", "Done"
         CANCELLED = "cancelled", "Cancelled"
 
     cell = models.ForeignKey(CellImage, on_delete=models.CASCADE, related_name="review_items")
+    labels_required = models.PositiveSmallIntegerField(default=1)
     reasons = models.JSONField(default=list)
     priority = models.FloatField(default=0.0, db_index=True)
     status = models.CharField(
@@ -149,11 +154,14 @@ class ReviewItem(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        permissions = [("work_queue", "Can take and submit review items")]
+        permissions = [
+            ("work_queue", "Can take and submit review items"),
+            ("adjudicate", "Can settle disagreements between independent labels"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["cell"],
-                condition=Q(status__in=["queued", "leased"]),
+                condition=Q(status__in=["queued", "leased", "adjudication"]),
                 name="one_open_review_item_per_cell",
             )
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet, TextField
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from annotation.errors import ApplicationError
@@ -90,7 +90,7 @@ def cell_get(*, cell_id: int) -> CellImage:
             .order_by("-model_version__created_at", "-id"),
         ),
         Prefetch("segmentations", queryset=Segmentation.objects.order_by("-created_at", "-id")),
-        Prefetch("labels", queryset=Label.objects.select_related("annotator").order_by("id")),
+        Prefetch("labels", queryset=visible_labels().select_related("annotator").order_by("id")),
         Prefetch("review_items", queryset=ReviewItem.objects.order_by("-created_at", "-id")),
     )
     try:
@@ -101,10 +101,19 @@ def cell_get(*, cell_id: int) -> CellImage:
         ) from None
 
 
+def visible_labels() -> QuerySet[Label]:
+    """Labels anyone may see. Independent reads of a cell still being double-read (or
+    awaiting adjudication) stay hidden, so no reader sees another's answer before giving
+    their own; adjudicators see them through the adjudication queue."""
+    return Label.objects.filter(
+        Q(review_item__isnull=True) | Q(review_item__status__in=["done", "cancelled"])
+    )
+
+
 def cell_label_history(*, cell_id: int) -> QuerySet[Label]:
     if not CellImage.objects.filter(pk=cell_id).exists():
         raise ApplicationError(f"Cell {cell_id} does not exist.", code="not_found", status=404)
-    return Label.objects.filter(cell_id=cell_id).select_related("annotator").order_by("id")
+    return visible_labels().filter(cell_id=cell_id).select_related("annotator").order_by("id")
 
 
 def segmentation_get(*, segmentation_id: int) -> Segmentation:

@@ -21,6 +21,7 @@ def case_create(
     diagnosis: str = "",
     source: str = "api",
     metadata: dict[str, Any] | None = None,
+    labels_required: int = 1,
 ) -> Case:
     accession_id = accession_id.strip()
     if not accession_id:
@@ -36,6 +37,7 @@ def case_create(
                 diagnosis=diagnosis,
                 source=source,
                 metadata=metadata or {},
+                labels_required=labels_required,
             )
             audit_event_create(
                 actor=user,

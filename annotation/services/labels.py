@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from annotation.errors import ApplicationError
-from annotation.models import CellImage, Label
+from annotation.models import CellImage, Label, ReviewItem
 from annotation.services.audit import audit_event_create
 from annotation.types import UserLike
 from mlworker.taxonomy import CODES
@@ -18,6 +18,17 @@ def _label_state(label: Label | None) -> dict[str, object] | None:
         "source": label.source,
         "annotator": label.annotator_id,
     }
+
+
+def _valid_code(code: str) -> str:
+    code = code.strip().upper()
+    if code not in CODES:
+        raise ApplicationError(
+            f"Unknown 14-Diff class {code!r}; use one of {', '.join(CODES)}.",
+            code="unknown_class",
+            fields={"code": "not a 14-Diff code"},
+        )
+    return code
 
 
 def _close_open_review_items(*, cell_id: int, label: Label, annotator: UserLike | None) -> None:
@@ -60,13 +71,7 @@ def cell_label_create(
     records both. The cell row is locked so two people labelling the same cell at once
     produce a chain (A superseded by B), never two labels that both claim to be current.
     """
-    code = code.strip().upper()
-    if code not in CODES:
-        raise ApplicationError(
-            f"Unknown 14-Diff class {code!r}; use one of {', '.join(CODES)}.",
-            code="unknown_class",
-            fields={"code": "not a 14-Diff code"},
-        )
+    code = _valid_code(code)
     if source != Label.Source.IMPORTED and annotator is None:
         raise ApplicationError("A label given by a person must name the person.")
     with transaction.atomic():
@@ -100,3 +105,61 @@ def cell_label_create(
             after=_label_state(label),
         )
     return label
+
+
+def cell_label_read_create(*, item: ReviewItem, code: str, annotator: UserLike) -> Label:
+    """One independent read of a double-read item. It does not become the cell's label
+    by itself; nobody sees it before giving their own read."""
+    code = _valid_code(code)
+    label = Label.objects.create(
+        cell_id=item.cell_id,
+        code=code,
+        annotator=annotator,
+        source=Label.Source.HEMATOLOGIST,
+        review_item=item,
+    )
+    audit_event_create(
+        actor=annotator,
+        action="label.read",
+        target_type="cell",
+        target_id=item.cell_id,
+        after=_label_state(label),
+    )
+    return label
+
+
+def cell_reads_resolve(*, item: ReviewItem) -> Label | None:
+    """All reads of the item agree: the latest read becomes the cell's label (returned).
+    They disagree: the cell is marked conflicting and None is returned."""
+    reads = list(item.reads.order_by("id"))
+    cell = CellImage.objects.select_for_update().get(pk=item.cell_id)
+    codes = {read.code for read in reads}
+    if len(codes) == 1:
+        agreed = reads[-1]
+        before = cell.current_label_id
+        cell.current_label = agreed
+        cell.has_label_conflict = False
+        cell.save(update_fields=["current_label", "has_label_conflict"])
+        audit_event_create(
+            actor=None,
+            action="label.agreed",
+            target_type="cell",
+            target_id=cell.pk,
+            before={"label_id": before},
+            after={"label_id": agreed.pk, "code": agreed.code, "reads": [r.pk for r in reads]},
+        )
+        return agreed
+    cell.has_label_conflict = True
+    cell.save(update_fields=["has_label_conflict"])
+    audit_event_create(
+        actor=None,
+        action="label.disagreement",
+        target_type="cell",
+        target_id=cell.pk,
+        after={
+            "reads": [
+                {"label_id": r.pk, "code": r.code, "annotator": r.annotator_id} for r in reads
+            ]
+        },
+    )
+    return None

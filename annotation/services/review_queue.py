@@ -50,11 +50,13 @@ def review_items_next(*, user: UserLike, count: int = 1) -> list[ReviewItem]:
             .order_by("id")[:count]
         )
         skipped = ReviewSkip.objects.filter(item=OuterRef("pk"), user=user)
+        # Double reading: nobody reads the same cell twice.
+        read = Label.objects.filter(review_item=OuterRef("pk"), annotator=user)
         new = (
             list(
                 ReviewItem.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(status=ReviewItem.Status.QUEUED)
-                .filter(~Exists(skipped))
+                .filter(~Exists(skipped), ~Exists(read))
                 .order_by("-priority", "id")[: count - len(mine)]
             )
             if len(mine) < count
@@ -95,16 +97,82 @@ def _locked_item_of(item_id: int, user: UserLike) -> ReviewItem:
 
 
 def review_item_submit(*, item_id: int, user: UserLike, code: str) -> Label:
-    """Label the leased cell and close the item. Accepted after the lease time as long
-    as nobody else has taken the item since."""
+    """Label the leased cell. Accepted after the lease time as long as nobody else has
+    taken the item since.
+
+    One read needed: the label is the cell's label and the item is done. Several needed
+    (double reading): the label is kept as an independent read and the item goes back to
+    the queue for someone who has not read it; when enough people have read it, agreeing
+    reads become the cell's label and disagreeing ones go to adjudication.
+    """
     with transaction.atomic():
         item = _locked_item_of(item_id, user)
-        label = cell_label_create(cell_id=item.cell_id, code=code, annotator=user)
+        if item.labels_required <= 1:
+            label = cell_label_create(cell_id=item.cell_id, code=code, annotator=user)
+            item.status = ReviewItem.Status.DONE
+            item.label = label
+            item.closed_at = timezone.now()
+            item.lease_expires_at = None
+            item.save(update_fields=["status", "label", "closed_at", "lease_expires_at"])
+        else:
+            label = _independent_read(item=item, user=user, code=code)
+        transaction.on_commit(queue_changed)
+    return label
+
+
+def _independent_read(*, item: ReviewItem, user: UserLike, code: str) -> Label:
+    from annotation.services.labels import cell_label_read_create, cell_reads_resolve
+
+    label = cell_label_read_create(item=item, code=code, annotator=user)
+    readers = set(item.reads.values_list("annotator_id", flat=True))
+    item.leased_to = None
+    item.lease_expires_at = None
+    if len(readers) < item.labels_required:
+        item.status = ReviewItem.Status.QUEUED
+        item.save(update_fields=["status", "leased_to", "lease_expires_at"])
+        return label
+    agreed = cell_reads_resolve(item=item)
+    if agreed is not None:
+        item.status = ReviewItem.Status.DONE
+        item.label = agreed
+        item.closed_at = timezone.now()
+        item.save(update_fields=["status", "label", "closed_at", "leased_to", "lease_expires_at"])
+    else:
+        item.status = ReviewItem.Status.ADJUDICATION
+        if "disagreement" not in item.reasons:
+            item.reasons = [*item.reasons, "disagreement"]
+        item.save(update_fields=["status", "reasons", "leased_to", "lease_expires_at"])
+    return label
+
+
+def review_item_adjudicate(*, item_id: int, user: UserLike, code: str) -> Label:
+    """A senior hematologist settles a disagreement: an adjudicated label that counts."""
+    if not user.has_perm("annotation.adjudicate"):
+        raise ApplicationError(
+            "Only a senior hematologist (permission 'adjudicate') can settle disagreements.",
+            code="permission_denied",
+            status=403,
+        )
+    with transaction.atomic():
+        try:
+            item = ReviewItem.objects.select_for_update().get(pk=item_id)
+        except ReviewItem.DoesNotExist:
+            raise ApplicationError(
+                f"Review item {item_id} does not exist.", code="not_found", status=404
+            ) from None
+        if item.status != ReviewItem.Status.ADJUDICATION:
+            raise ApplicationError(
+                f"Review item {item_id} is {item.status}, not awaiting adjudication.",
+                code="not_in_adjudication",
+                status=409,
+            )
+        label = cell_label_create(
+            cell_id=item.cell_id, code=code, annotator=user, source=Label.Source.ADJUDICATED
+        )
         item.status = ReviewItem.Status.DONE
         item.label = label
         item.closed_at = timezone.now()
-        item.lease_expires_at = None
-        item.save(update_fields=["status", "label", "closed_at", "lease_expires_at"])
+        item.save(update_fields=["status", "label", "closed_at"])
         transaction.on_commit(queue_changed)
     return label
 

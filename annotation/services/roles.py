@@ -8,9 +8,11 @@ from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 
 HEMATOLOGIST = "hematologist"
+# A hematologist who also settles disagreements between independent reads.
+SENIOR_HEMATOLOGIST = "senior_hematologist"
 ADMIN = "admin"
 DATA_SCIENTIST = "data_scientist"
-ROLES = (HEMATOLOGIST, ADMIN, DATA_SCIENTIST)
+ROLES = (HEMATOLOGIST, SENIOR_HEMATOLOGIST, ADMIN, DATA_SCIENTIST)
 
 _READ = [
     "annotation.view_case",
@@ -21,14 +23,22 @@ _READ = [
     "annotation.view_modelversion",
 ]
 
+_LABELLING = [
+    "annotation.add_label",
+    "annotation.label_cell",
+    "annotation.signoff_case",
+    "annotation.work_queue",
+]
+
 ROLE_PERMISSIONS: dict[str, list[str]] = {
-    HEMATOLOGIST: [
+    HEMATOLOGIST: [*_READ, *_LABELLING],
+    SENIOR_HEMATOLOGIST: [*_READ, *_LABELLING, "annotation.adjudicate"],
+    DATA_SCIENTIST: [
         *_READ,
-        "annotation.add_label",
-        "annotation.label_cell",
-        "annotation.signoff_case",
+        "annotation.export_cells",
+        "annotation.view_importbatch",
+        "annotation.view_trainingjob",
     ],
-    DATA_SCIENTIST: [*_READ, "annotation.export_cells", "annotation.view_importbatch"],
     # Admins get every permission of this app plus user management (see roles_ensure).
     ADMIN: [],
 }

@@ -17,7 +17,7 @@ from annotation.services.audit import audit_event_create
 from annotation.services.events import queue_changed
 from annotation.types import UserLike
 from mlworker import active_learning
-from mlworker.taxonomy import CODES
+from mlworker.taxonomy import ABNORMAL_CODES, CODES
 
 LOW_CONFIDENCE = "low_confidence"
 WEAK_CLASS = "weak_class"
@@ -31,6 +31,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "audit_rate": (0.0, 1.0),
     "lease_seconds": (30, 24 * 3600),
     "retrain_min_new_labels": (1, 10_000_000),
+    "labels_required_abnormal": (1, 5),
 }
 
 
@@ -114,6 +115,15 @@ def route_reasons(
     return reasons
 
 
+def labels_required(prediction: Prediction, config: RoutingConfig) -> int:
+    """Independent reads a queued cell needs: the case's setting, or the abnormal-class
+    setting when the model predicts an abnormal class, whichever is higher."""
+    required = prediction.cell.case.labels_required
+    if prediction.top_code in ABNORMAL_CODES:
+        required = max(required, config.labels_required_abnormal)
+    return max(1, required)
+
+
 def _priorities(
     predictions: Sequence[Prediction], strategy: str, weak: set[str], codes: Sequence[str]
 ) -> list[float]:
@@ -189,6 +199,7 @@ def cells_route(*, cell_ids: Sequence[int], version: ModelVersion) -> dict[str, 
                         reasons=reasons,
                         priority=priority,
                         model_version=version,
+                        labels_required=labels_required(prediction, config),
                     )
                 )
             else:

@@ -13,7 +13,10 @@ export function readBoot(): Boot {
 
 export const roles = {
   isAdmin: (b: Boot) => b.user.roles.includes("admin"),
-  canLabel: (b: Boot) => b.user.roles.includes("admin") || b.user.roles.includes("hematologist"),
+  canLabel: (b: Boot) =>
+    b.user.roles.includes("admin") ||
+    b.user.roles.includes("hematologist") ||
+    b.user.roles.includes("senior_hematologist"),
 };
 
 // --- messages ------------------------------------------------------------------------

@@ -13,9 +13,11 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 ANON, HEME, ADMIN, DS = "anonymous", "hematologist", "admin", "data_scientist"
-ALL = {HEME, ADMIN, DS}
+SENIOR = "senior_hematologist"
+ALL = {HEME, SENIOR, ADMIN, DS}
 PUBLIC = {ANON, *ALL}
-LABELLERS = {HEME, ADMIN}
+LABELLERS = {HEME, SENIOR, ADMIN}
+ADJUDICATORS = {SENIOR, ADMIN}
 EXPORTERS = {DS, ADMIN}
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -55,6 +57,9 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
     "export-jobs": {"GET": EXPORTERS},
     "export-job-detail": {"GET": EXPORTERS},
     "export-job-download": {"GET": EXPORTERS},
+    "adjudication": {"GET": ADJUDICATORS},
+    "adjudication-decide": {"POST": ADJUDICATORS},
+    "agreement": {"GET": {ADMIN, DS}},
 }
 NOT_ROUTES = {"not-found"}  # the catch-all 404 for unknown /api/ URLs
 
