@@ -6,8 +6,8 @@ can never disagree between components. The order of ``CLASSES`` is the order of 
 model's output units and must not change once checkpoints exist.
 
 Keyboard keys are single lower-case letters, mnemonic where possible. The labelling UI
-reserves Enter (accept), Backspace (undo), ``s`` (skip) and ``f`` (flag), so no class uses
-those.
+reserves Enter (accept), Backspace (undo), Escape (cancel an undo), ``s`` (skip), ``f``
+(flag) and ``v`` (outlines on/off), so no class uses those.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Literal
 
 Group = Literal["normal", "abnormal"]
 
-RESERVED_KEYS: frozenset[str] = frozenset({"Enter", "Backspace", "s", "f"})
+RESERVED_KEYS: frozenset[str] = frozenset({"Enter", "Backspace", "Escape", "s", "f", "v"})
 
 
 @dataclass(frozen=True, slots=True)
