@@ -84,3 +84,24 @@ def test_admin_gets_training_logs() -> None:
 
     async_to_sync(run)()
     assert get_user_model().objects.count() == 1
+
+
+def test_an_idle_connection_still_receives_events_after_the_redis_read_timeout() -> None:
+    import asyncio
+
+    from django.conf import settings
+
+    if "Redis" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        pytest.skip("only the Redis channel layer has the idle read timeout")
+    user = user_create_with_role(username="idle", password="Long-pass-123", role="hematologist")
+
+    async def run():
+        comm, connected, _ = await _connect(user)
+        assert connected
+        await comm.receive_json_from()
+        await asyncio.sleep(6.5)  # longer than redis-py's default 5 s socket timeout
+        await sync_to_async(broadcast)(QUEUE_GROUP, "queue.counts", {"queued": 1})
+        assert (await comm.receive_json_from(timeout=5))["data"] == {"queued": 1}
+        await comm.disconnect()
+
+    async_to_sync(run)()
