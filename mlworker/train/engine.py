@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -190,7 +191,7 @@ def initial_model(
                 f"--arch {config.arch} differs from the starting checkpoint's "
                 f"{init_checkpoint['arch']}; pass --from-scratch to train a new architecture"
             )
-        model = build_classifier(config.arch, len(CODES), weights=None)
+        model = WBCClassifier(torchvision.models.get_model(config.arch, weights=None), len(CODES))
         model.load_state_dict(init_checkpoint["model"])  # a copy: the caller's stays intact
         return model, f"{config.arch} from the given checkpoint (backbone and head)"
     weights = config.weights
@@ -460,6 +461,8 @@ class _Run:
         self.pre_weak_state: dict[str, torch.Tensor] | None = None
         self.resume = resume_state
         self.last_report = 0.0
+        self.last_loss = 0.0
+        self.last_accuracy = 0.0
         weak_epochs = config.epochs_weak
         self.planned = {
             "head": config.epochs_head,
@@ -479,6 +482,12 @@ class _Run:
         self, stage: str, epoch: int, epochs: int, loss: float, accuracy: float, log: str
     ) -> None:
         self.last_report = time.monotonic()
+        # JSON has no NaN: a report without a new figure repeats the last one
+        if math.isfinite(loss):
+            self.last_loss = float(loss)
+        if math.isfinite(accuracy):
+            self.last_accuracy = float(accuracy)
+        loss, accuracy = self.last_loss, self.last_accuracy
         if self.progress is None:
             if log:
                 logger.info(log)

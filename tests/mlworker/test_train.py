@@ -499,6 +499,7 @@ def test_fit_reports_progress_and_a_raising_callback_stops_it(tmp_path: Path) ->
     percents = [e["percent"] for e in events]
     assert percents == sorted(percents) and percents[-1] == 100.0
     assert all(isinstance(e["log"], str) for e in events)
+    assert all(math.isfinite(e["loss"]) and math.isfinite(e["accuracy"]) for e in events)
     assert EVAL_KEYS | {"history", "weak_classes"} <= set(result.metrics)
     assert result.checkpoint["metrics"]["per_class"] == result.metrics["per_class"]
 
