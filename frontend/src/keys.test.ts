@@ -17,7 +17,7 @@ describe("key mapping", () => {
 
   it("gives the keys the taxonomy reserves their commands", () => {
     const map = buildKeyMap(classes);
-    expect(reserved.sort()).toEqual(["Backspace", "Enter", "f", "s"]);
+    expect(reserved.sort()).toEqual(["Backspace", "Enter", "Escape", "f", "s", "v"]);
     for (const key of reserved) expect(COMMAND_KEYS[key]).toBeDefined();
     expect(keyAction({ key: "Enter" }, map)).toEqual({ kind: "accept" });
     expect(keyAction({ key: "Backspace" }, map)).toEqual({ kind: "undo" });

@@ -12,9 +12,10 @@ import zipfile
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from PIL import Image
 
-from annotation.models import AuditEvent, Case, CellImage, ExportJob, Label, ReviewItem
+from annotation.models import Case, CellImage, ExportJob
 from annotation.services.exports import rle_decode, rle_encode
 
 pytestmark = pytest.mark.django_db
@@ -130,14 +131,15 @@ def test_an_imagefolder_export_reimports_as_the_same_cells_and_labels(
     archive = tmp_path / "export.zip"
     response = ds_api.get("/api/exports/?format=imagefolder&label_status=any")
     archive.write_bytes(b"".join(response.streaming_content))
-    # Empty the database, then read the export back with the import command.
-    ReviewItem.objects.all().delete()
-    CellImage.objects.update(current_label=None)
-    Label.objects.update(supersedes=None)
-    Label.objects.all().delete()
-    CellImage.objects.all().delete()
-    Case.objects.all().delete()
-    AuditEvent.objects.all().delete()
+    # Empty the database, then read the export back with the import command. Labels and
+    # audit events are append-only (row triggers refuse UPDATE and DELETE); TRUNCATE is
+    # the one way to empty them, as for a fresh installation.
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no deferred checks pending
+        cursor.execute(
+            "TRUNCATE annotation_reviewitem, annotation_label, annotation_cellimage, "
+            "annotation_case, annotation_auditevent CASCADE"
+        )
     call_command("import_cells", str(archive), "--no-progress", stdout=io.StringIO())
     after = {
         c.sha256: (c.case.accession_id, c.current_label.code if c.current_label else None)
