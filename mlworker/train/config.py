@@ -297,7 +297,9 @@ def retraining_defaults(checkpoint: Checkpoint) -> dict[str, Any]:
         "image_size": int(checkpoint["input_size"]),
         "weights": "none",  # the backbone comes from the checkpoint itself
         "epochs_head": 0,
+        "epochs_finetune": 10,  # from a trained model, not from ImageNet features
         "finetune_scope": "layer4",
+        "epochs_weak": 5,
         "lr": 0.001,
     }
 

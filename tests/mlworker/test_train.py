@@ -466,6 +466,8 @@ def test_parse_train_config_defaults_follow_the_paper_and_retraining() -> None:
     retrain = parse_train_config(["--epochs-finetune", "3"], init_checkpoint=start)  # type: ignore[arg-type]
     assert (retrain.arch, retrain.image_size, retrain.epochs_head) == ("resnet18", 32, 0)
     assert retrain.finetune_scope == "layer4" and retrain.epochs_finetune == 3
+    defaults = parse_train_config([], init_checkpoint=start)  # type: ignore[arg-type]
+    assert (defaults.epochs_finetune, defaults.epochs_weak, defaults.lr) == (10, 5, 0.001)
     assert parse_train_config(["--image-size", "64"], init_checkpoint=start).image_size == 64  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unrecognized arguments"):
         parse_train_config(["--no-such-flag"])
