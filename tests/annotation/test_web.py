@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 
-from annotation.models import CellImage
+from annotation.models import CellImage, ModelVersion, ReviewItem
 from annotation.services.roles import ROLES
 
 pytestmark = pytest.mark.django_db
@@ -34,11 +34,28 @@ def test_roles_exist_with_their_permissions() -> None:
     assert groups["admin"] >= groups["hematologist"] | groups["data_scientist"]
 
 
-def test_load_demo_imports_bundled_cells_and_accounts_that_can_sign_in(client) -> None:
-    out = io.StringIO()
-    call_command("load_demo", stdout=out)
+@pytest.mark.django_db(transaction=True)
+def test_load_demo_trains_a_first_model_queues_the_smear_and_makes_accounts(
+    client, settings
+) -> None:
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # the embedded default: tasks run in-process
+    from wbcportal.celery import app
+
+    app.conf.task_always_eager = True
+    try:
+        out = io.StringIO()
+        call_command("load_demo", stdout=out)
+    finally:
+        app.conf.task_always_eager = settings.CELERY_TASK_ALWAYS_EAGER = False
     text = out.getvalue()
-    assert CellImage.objects.filter(current_label__isnull=False).count() >= 90
+    assert (
+        CellImage.objects.filter(case__accession_id="DEMO-PBC", current_label__isnull=False).count()
+        == 54
+    )
+    assert ModelVersion.objects.get().status == "active"
+    smear = CellImage.objects.filter(case__accession_id="DEMO-SMEAR")
+    assert smear.count() == 54 and not smear.filter(current_label__isnull=False).exists()
+    assert ReviewItem.objects.filter(status="queued").count() >= 1  # something to label at once
     credentials = {}
     for line in text.splitlines():
         parts = line.split()
@@ -46,15 +63,15 @@ def test_load_demo_imports_bundled_cells_and_accounts_that_can_sign_in(client) -
             credentials[parts[0]] = parts[1]
     assert set(credentials) == {f"demo_{r}" for r in ROLES}
     assert client.login(username="demo_hematologist", password=credentials["demo_hematologist"])
-    # Running it again imports nothing and keeps the passwords.
+    # Running it again imports and trains nothing and keeps the passwords.
     out2 = io.StringIO()
     call_command("load_demo", stdout=out2)
-    assert "imported 0 cells" in out2.getvalue()
+    assert "imported 0 cells" in out2.getvalue() and ModelVersion.objects.count() == 1
     assert credentials["demo_admin"] in out2.getvalue()
 
 
 def test_cell_images_are_served_only_to_signed_in_users(client, django_user_model) -> None:
-    call_command("load_demo", stdout=io.StringIO())
+    call_command("load_demo", "--no-train", stdout=io.StringIO())
     cell = CellImage.objects.first()
     url = f"/media/{cell.image.name}"
     assert client.get(url).status_code == 302  # to the login page
