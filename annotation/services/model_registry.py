@@ -14,6 +14,7 @@ from annotation.errors import ApplicationError
 from annotation.models import CellImage, ModelVersion
 from annotation.services.audit import audit_event_create
 from annotation.services.events import JOBS_GROUP, broadcast
+from annotation.services.routing import review_queue_reset_for_new_version
 from annotation.types import UserLike
 from mlworker.model import CheckpointError, load_checkpoint
 
@@ -127,7 +128,8 @@ def _activate(
         before={"active": previous.name if previous else None},
         after={"active": version.name, **extra},
     )
-    # Re-score what has no label yet (and the conflicts), then rebuild the queue.
+    # Re-score what has no label yet (and the conflicts); scoring routes them again.
+    review_queue_reset_for_new_version()
     pending = CellImage.objects.filter(current_label__isnull=True).values_list("id", flat=True)
     cells_enqueue_scoring(cell_ids=list(pending), version_id=version.pk)
     conflicts = CellImage.objects.filter(has_label_conflict=True).values_list("id", flat=True)

@@ -12,7 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from annotation.errors import ApplicationError
-from annotation.models import CellImage, ModelVersion, Prediction, ReviewItem, RoutingConfig
+from annotation.models import ModelVersion, Prediction, ReviewItem, RoutingConfig
 from annotation.services.audit import audit_event_create
 from annotation.services.events import queue_changed
 from annotation.types import UserLike
@@ -214,20 +214,16 @@ def cells_route(*, cell_ids: Sequence[int], version: ModelVersion) -> dict[str, 
     return {"created": created, "updated": updated, "considered": len(predictions)}
 
 
-def review_queue_rebuild(*, version: ModelVersion) -> dict[str, int]:
-    """After a promotion: drop queued items that the new version no longer needs, and
-    route every unlabelled cell again with its predictions. Leased items are left to the
-    person holding them."""
-    with transaction.atomic():
-        cancelled = ReviewItem.objects.filter(status=ReviewItem.Status.QUEUED).update(
-            status=ReviewItem.Status.CANCELLED, closed_at=timezone.now()
-        )
-    cell_ids = list(
-        CellImage.objects.filter(predictions__model_version=version).values_list("id", flat=True)
+def review_queue_reset_for_new_version() -> int:
+    """A new version is active: queued items routed by the old one are cancelled, and
+    re-scoring routes every unlabelled cell again with the new predictions. Items someone
+    holds (leased), items already read once (double reading in progress) and items
+    awaiting adjudication stay."""
+    cancelled = (
+        ReviewItem.objects.filter(status=ReviewItem.Status.QUEUED, reads__isnull=True)
+        .distinct()
+        .update(status=ReviewItem.Status.CANCELLED, closed_at=timezone.now())
     )
-    result = {"cancelled": cancelled}
-    for start in range(0, len(cell_ids), 2000):
-        part = cells_route(cell_ids=cell_ids[start : start + 2000], version=version)
-        for key, value in part.items():
-            result[key] = result.get(key, 0) + value
-    return result
+    if cancelled:
+        transaction.on_commit(queue_changed)
+    return cancelled

@@ -105,3 +105,28 @@ def test_operator_commands(tmp_path: Path) -> None:
         call_command("promote", "nope")
     call_command("queue_stats", "--json", stdout=out)
     assert '"queued": 0' in out.getvalue()
+
+
+def test_promotion_resets_queued_items_but_keeps_leased_ones(tmp_path: Path) -> None:
+    from annotation.models import Case, CellImage, ReviewItem
+    from annotation.services.users import user_create_with_role
+
+    v1 = _register(tmp_path, "v1")
+    model_version_promote(version_id=v1.pk, user=None)
+    case = Case.objects.create(accession_id="Q")
+    cells = [
+        CellImage.objects.create(
+            case=case, image=f"c/{i}.jpg", sha256=f"{i:064d}", width=1, height=1
+        )
+        for i in range(2)
+    ]
+    heme = user_create_with_role(username="h", password="Long-pass-123", role="hematologist")
+    queued = ReviewItem.objects.create(cell=cells[0], reasons=["low_confidence"], model_version=v1)
+    leased = ReviewItem.objects.create(
+        cell=cells[1], reasons=["low_confidence"], model_version=v1, status="leased", leased_to=heme
+    )
+    v2 = _register(tmp_path, "v2", balanced=0.9)
+    model_version_promote(version_id=v2.pk, user=None)
+    queued.refresh_from_db()
+    leased.refresh_from_db()
+    assert queued.status == "cancelled" and leased.status == "leased"
