@@ -3,7 +3,6 @@ side with promote, queue composition and routing, upload; and a hematologist kep
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +102,6 @@ def test_admin_compares_and_promotes_versions_edits_routing_and_uploads(
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(
-    importlib.util.find_spec("mlworker.train") is None,
-    reason="mlworker/train.py (the retraining code) is not there yet",
-)
 def test_admin_triggers_retraining_and_sees_progress_reach_the_end(
     celery_worker: Any, live_server_url: str, new_page: Any, tmp_path: Path, shared_data: Path
 ) -> None:
