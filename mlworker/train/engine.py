@@ -348,7 +348,11 @@ def train_one_epoch(
 
 
 def predict_logits(
-    model: WBCClassifier, data: PreparedImages, config: TrainConfig, runtime: Runtime
+    model: WBCClassifier,
+    data: PreparedImages,
+    config: TrainConfig,
+    runtime: Runtime,
+    heartbeat: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
     """(logits (N, C) float32, labels, newly unreadable) for the readable images of ``data``."""
     preset = EvalPreset(config.image_size)
@@ -384,6 +388,8 @@ def predict_logits(
             x = preset.normalize(runtime.prepare_batch(images))
             out_logits.append(model(x).float().cpu())
             out_labels.append(labels)
+            if heartbeat is not None:
+                heartbeat()
     if not out_logits:
         raise ValueError("no readable validation image")
     return torch.cat(out_logits), torch.cat(out_labels), unreadable
@@ -462,6 +468,7 @@ class _Run:
         self.resume = resume_state
         self.last_report = 0.0
         self.last_loss = 0.0
+        self.where: tuple[str, int, int] = ("head", 0, 0)  # (stage, epoch, epochs) for heartbeats
         self.last_accuracy = 0.0
         weak_epochs = config.epochs_weak
         self.planned = {
@@ -552,7 +559,15 @@ class _Run:
         )
 
     def predict(self, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, labels, unreadable = predict_logits(self.model, self.val_data, self.config, runtime)
+        stage, epoch, epochs = self.where
+
+        def beat() -> None:  # validation of a large set can outlast the job watchdog
+            if time.monotonic() - self.last_report >= self.config.progress_every_s:
+                self.report(stage, epoch, epochs, math.nan, math.nan, "")
+
+        logits, labels, unreadable = predict_logits(
+            self.model, self.val_data, self.config, runtime, heartbeat=beat
+        )
         for path, error in unreadable.items():
             if path not in self.unreadable:
                 self.unreadable[path] = error
@@ -606,6 +621,7 @@ class _Run:
         criterion = self._criterion()
         for epoch in range(start, epochs):
             started = time.monotonic()
+            self.where = (stage, epoch + 1, epochs)
             lr = lr_at(config, base_lr, epoch, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -626,6 +642,7 @@ class _Run:
                 heartbeat=self.heartbeat(stage, epoch + 1, epochs),
                 bar_desc=f"{stage} {epoch + 1}/{epochs}" if self.progress_bar else None,
             )
+            self.units_done += 1
             logits, labels = self.predict(self.runtime)
             val_loss = float(F.cross_entropy(logits, labels))
             report = report_for(logits, labels)
@@ -643,7 +660,6 @@ class _Run:
                 "seconds": round(time.monotonic() - started, 2),
             }
             self.history.append(record)
-            self.units_done += 1
             self.save_state(stage, epoch + 1, optimizer)
             self.report(
                 stage,
@@ -703,6 +719,7 @@ class _Run:
             self.units_done += self.planned["weak"]
             self.resume = None
             return
+        self.where = ("weak", 0, self.planned["weak"])
         if not resuming:
             logits, labels = self.predict(self.runtime)
             before = report_for(logits, labels)
@@ -746,6 +763,7 @@ class _Run:
                 "head with them oversampled",
             )
         self.run_stage("weak", config.weak_scope, config.lr_weak, boost=self.weak["before"])
+        self.where = ("weak", self.planned["weak"], self.planned["weak"])
         logits, labels = self.predict(self.runtime)
         after = report_for(logits, labels)
         kept = after["balanced_accuracy"] >= self.weak["balanced_accuracy_before"]
@@ -775,6 +793,7 @@ class _Run:
 
     def finish(self) -> TrainResult:
         config = self.config
+        self.where = ("calibrate", 0, 1)
         logits, labels = self.predict(self.eval_runtime)
         calibration: dict[str, Any] = {}
         temperature = 1.0
