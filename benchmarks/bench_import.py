@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -117,6 +118,19 @@ def main() -> None:
     base_rate = results["baseline (naive loop)"][0] / results["baseline (naive loop)"][1]
     ours_rate = results["ours (cells_import)"][0] / results["ours (cells_import)"][1]
     print(f"ours / baseline: {ours_rate / base_rate:.2f}x   goal: >= 100 cells/s (ours)")
+    result = {
+        "name": "import",
+        "figure": round(ours_rate, 1),
+        "unit": "cells/s",
+        "goal": "≥ 100 cells/s",
+        "met": ours_rate >= 100,
+        "baseline": round(base_rate, 1),
+        "ratio": round(ours_rate / base_rate, 2),
+        "command": "benchmarks/bench_import.py " + " ".join(sys.argv[1:]),
+        "note": f"{results['ours (cells_import)'][0]} pbc cells into PostgreSQL; "
+        "baseline: one file at a time, one INSERT per row",
+    }
+    print("RESULT " + json.dumps(result), flush=True)
     shutil.rmtree(media, ignore_errors=True)
     shutil.rmtree(src.parent, ignore_errors=True)
 

@@ -14,6 +14,7 @@ batch size 1), on the first 100 cells.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -64,6 +65,7 @@ def main() -> None:
     for path in files[::step][: args.cells]:
         shutil.copyfile(path, src / path.name)
 
+    results: list[tuple[str, float, float]] = []
     for arch in args.archs.split(","):
         redis.Redis.from_url(redis_url).flushdb()
         media = Path(tempfile.mkdtemp(prefix="bench-pipe-media-"))
@@ -95,9 +97,10 @@ routing_config_update(user=None, audit_rate=0.02)
         workers = [worker("cpu", cpu_env, log), worker("gpu", gpu_env, log)]
         try:
             probe = f"""
-import sys, time, django
+import sys, time, json, django
 sys.path.insert(0, {str(REPO)!r})
 django.setup()
+from pathlib import Path
 from wbcportal.celery import ping
 for queue in ("cpu", "gpu"):  # time the pipeline, not the workers' start
     ping.apply_async(args=["ready"], queue=queue).get(timeout=120)
@@ -119,6 +122,7 @@ items = ReviewItem.objects.count()
 print(f"{arch:10s} cells {{n}}: import {{n/t_import:7.1f}} cells/s ({{t_import:.1f}} s) | "
       f"segmented all at {{seg_done:.1f}} s ({{n/seg_done:.1f}} cells/s) | "
       f"scored+routed all at {{score_done:.1f}} s ({{n/score_done:.1f}} cells/s) | review items {{items}}", flush=True)
+Path({str(media)!r}, "probe.json").write_text(json.dumps({{"cells": n, "routed_s": score_done, "segmented_s": seg_done}}))
 """
             subprocess.run([sys.executable, "-c", probe], env=env, check=True, cwd=REPO)
         finally:
@@ -142,10 +146,28 @@ for f in files:
     scorer.score([f], batch_size=1, num_workers=0)
 dt = time.perf_counter() - t0
 print(f"{arch:10s} baseline (one process, one cell at a time, {{len(files)}} cells): {{len(files)/dt:.1f}} cells/s", flush=True)
+Path({str(media)!r}, "baseline.json").write_text('{{"cells_per_s": %f}}' % (len(files) / dt))
 """
         subprocess.run([sys.executable, "-c", baseline], env=dict(env), check=True, cwd=REPO)
+        probe_result = json.loads((media / "probe.json").read_text())
+        base_rate = json.loads((media / "baseline.json").read_text())["cells_per_s"]
+        results.append((arch, probe_result["cells"] / probe_result["routed_s"], base_rate))
         shutil.rmtree(media, ignore_errors=True)
     shutil.rmtree(src.parent, ignore_errors=True)
+    for arch, rate, base_rate in results:  # one line per arch for benchmarks/run_all.py
+        result = {
+            "name": "pipeline",
+            "title": f"pipeline, import to routed ({arch}, {args.image_size} px)",
+            "figure": round(rate, 1),
+            "unit": "cells/s",
+            "goal": None,
+            "baseline": round(base_rate, 1),
+            "ratio": round(rate / base_rate, 2),
+            "command": "benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:]),
+            "note": f"{args.cells} cells, one cpu + one gpu worker on this machine; "
+            "baseline: one process, one cell at a time",
+        }
+        print("RESULT " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

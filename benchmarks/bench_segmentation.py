@@ -225,7 +225,54 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    for line in result_lines(report, args.subsets):
+        print("RESULT " + json.dumps(line), flush=True)
     return report
+
+
+def result_lines(report: dict[str, Any], subsets: list[str]) -> list[dict[str, Any]]:
+    """Quality (the worst subset) and speed, for benchmarks/run_all.py's table."""
+    command = "benchmarks/bench_segmentation.py " + " ".join(sys.argv[1:])
+    lines: list[dict[str, Any]] = []
+    measured = [s for s in subsets if f"{s}/ours" in report]
+    if measured:
+        ours = {s: report[f"{s}/ours"]["overall"] for s in measured}
+        base = {s: report[f"{s}/otsu-S"]["overall"] for s in measured}
+        worst = min(measured, key=lambda s: ours[s]["wbc_dice"])
+        met = all(
+            o["ser"] <= 0.05 and o["wbc_dice"] >= 0.93 and o["nucleus_dice"] >= 0.90
+            for o in ours.values()
+        )
+        lines.append({
+            "name": "segmentation",
+            "title": "segmentation quality (WBC Dice, worst wbcseg subset)",
+            "figure": round(ours[worst]["wbc_dice"], 3),
+            "unit": "",
+            "goal": "Dice ≥ 0.93, nucleus ≥ 0.90, SER ≤ 5 % per subset",
+            "met": met,
+            "baseline": round(base[worst]["wbc_dice"], 3),
+            "ratio": round(ours[worst]["wbc_dice"] / max(base[worst]["wbc_dice"], 1e-9), 2),
+            "command": command,
+            "note": "; ".join(
+                f"{s}: Dice {ours[s]['wbc_dice']:.3f}, nucleus {ours[s]['nucleus_dice']:.3f}, "
+                f"SER {100 * ours[s]['ser']:.1f} %" for s in measured
+            ) + "; baseline Otsu on HSV saturation",
+        })  # fmt: skip
+    if "pbc" in report:
+        pbc = report["pbc"]
+        lines.append({
+            "name": "segmentation",
+            "title": "segmentation speed (360x363, one core, CPU time)",
+            "figure": round(pbc["ours_cpu_ms_mean"], 1),
+            "unit": "ms/img",
+            "goal": "≤ 40 ms",
+            "met": pbc["ours_cpu_ms_mean"] <= 40,
+            "baseline": round(pbc["baseline_cpu_ms_mean"], 1),
+            "ratio": round(pbc["baseline_cpu_ms_mean"] / pbc["ours_cpu_ms_mean"], 2),
+            "command": command,
+            "note": f"{pbc['n_images']} pbc images, wall {pbc['ours_wall_ms_mean']:.1f} ms",
+        })  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":
