@@ -63,7 +63,9 @@ def main() -> int:
     start = time.perf_counter()
     status = subprocess.run(cmd, cwd=REPO).returncode
     elapsed = time.perf_counter() - start
-    command = "python -m mlworker.al_sim " + " ".join(cmd[3:]).replace(str(REPO.parent), "..")
+    command = "python -m mlworker.al_sim " + " ".join(cmd[3:]).replace(str(REPO) + "/", "").replace(
+        str(REPO.parent), ".."
+    )
     if status != 0:
         print(
             "RESULT "
@@ -109,7 +111,7 @@ def main() -> int:
         plots.append(str(Path(args.plot).resolve().relative_to(REPO)))
     result = {
         "name": "active_learning",
-        "figure": reach,
+        "figure": reach if reach is not None else f"not reached within {budget}",
         "unit": "labels",
         "goal": f"≤ {budget // 2} (50 % of random's)",
         "baseline": budget,

@@ -193,12 +193,13 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         goal = _cell(r.get("goal"))
         if "met" in r and r.get("figure") is not None:
             goal += " ✓" if r["met"] else " ✗ not met"
+        command = f"`{_cell(r['command'])}`" if r.get("command") else "—"
         baseline = _cell(r.get("baseline"))
         if r.get("baseline") is not None and r.get("figure") is not None:
             baseline += unit
         body.append(
             f"| {_cell(title)} | {figure} | {goal} | {baseline} | {_cell(r.get('ratio'))} | "
-            f"{_cell(r.get('date'))} | {_cell(r.get('machine'))} | `{_cell(r.get('command'))}` |"
+            f"{_cell(r.get('date'))} | {_cell(r.get('machine'))} | {command} |"
         )
         plots += [(title, p) for p in r.get("plots") or []]
     text = header + "\n".join(body) + "\n"
@@ -290,7 +291,11 @@ def main() -> int:
         fresh[n] = run_one(n, scripts[n], env, args.timeout, args.logs)
     rows: list[dict[str, Any]] = []
     for n in names:
-        got = fresh.get(n) or kept.get(n) or []
+        got = fresh.get(n) or kept.get(n)
+        if not got:
+            why = "not run by run_all yet; see its section below" if n in scripts else None
+            why = why or f"no benchmarks/bench_{n}.py yet"
+            got = [{"name": n, "note": why}]
         for row in got:
             row.setdefault("title", titles.get(n, n))
         rows += got
