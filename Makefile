@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 APT_PACKAGES := docker-compose chromium
 
-.PHONY: setup apt frontend run test lint typecheck format migrate demo bench clean
+.PHONY: setup apt frontend run test lint typecheck format migrate demo bench train-cpu clean
 
 setup: $(VENV)/.installed apt frontend
 
@@ -57,9 +57,20 @@ test: lint typecheck
 	@set -e; eval "$$($(PY) scripts/service_env.py)"; \
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-bench:
-	@set -e; eval "$$($(PY) scripts/service_env.py)"; \
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+# Every benchmark, each next to its baseline; rewrites the table in docs/benchmarks.md.
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+# The documented CPU training run (mlworker/training.md): ResNet-18 at 96 px on pbc +
+# deepapl, patient-disjoint validation; outputs in runs/train-cpu/.
+SHARED_DATA ?= ../shared/data
+train-cpu: setup
+	$(PY) -m mlworker.train --data $(SHARED_DATA)/pbc --data $(SHARED_DATA)/deepapl \
+	  --out runs/train-cpu --arch resnet18 --weights none --image-size 96 --batch-size 64 \
+	  --epochs-head 0 --epochs-finetune 24 --finetune-scope all --epochs-weak 4 \
+	  --weak-scope layer4 --optimizer adamw --lr 0.002 --lr-weak 0.0005 --weight-decay 0.05 \
+	  --lr-schedule cosine --warmup-epochs 1 --label-smoothing 0.1 --balance sampler \
+	  --balance-power 1.0 --color-jitter 0.4 --threads 1 --workers 1 --precision bf16 --seed 0
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
