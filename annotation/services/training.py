@@ -226,11 +226,10 @@ def _retrain_args(job: TrainingJob) -> list[str]:
 
 def training_job_run(*, job_id: int) -> TrainingJob:
     """Run one job to the end (in a Celery worker). Never touches the active version."""
-    from mlworker.train import evaluate_samples, fit, parse_train_config
-
     from annotation.services.model_registry import model_version_register
     from mlworker.data import Sample
     from mlworker.model import load_checkpoint, save_checkpoint
+    from mlworker.train import evaluate_samples, fit, parse_train_config
 
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().get(pk=job_id)
