@@ -247,8 +247,10 @@ from wbcportal.settings_api import *  # noqa: E402, F403
 # --- pipeline -------------------------------------------------------------------------
 WBC_SEGMENT_BATCH = int(os.environ.get("WBC_SEGMENT_BATCH", 64))
 WBC_SCORE_BATCH = int(os.environ.get("WBC_SCORE_BATCH", 64))
-# Retraining (see mlworker/train.py for every hyperparameter); small defaults that finish
-# on a CPU-only machine, raise them on a GPU worker.
+# Extra flags for retraining jobs (mlworker/training.md lists them all). Empty: the
+# defaults for retraining from the active version (10 epochs of layer4 + head, then a
+# 5-epoch weak-class pass), sized for a GPU worker; on a CPU-only worker use e.g.
+# "--epochs-finetune 3 --epochs-weak 1".
 WBC_RETRAIN_ARGS = os.environ.get("WBC_RETRAIN_ARGS", "")
 WBC_RETRAIN_CRON = os.environ.get("WBC_RETRAIN_CRON", "0 2 * * *")  # nightly at 02:00
 WBC_TRAINING_HEARTBEAT_TIMEOUT = int(os.environ.get("WBC_TRAINING_HEARTBEAT_TIMEOUT", 600))
