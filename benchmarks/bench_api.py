@@ -14,6 +14,7 @@ every submitted label is stored exactly once and that no item was leased to two 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import socket
@@ -331,6 +332,20 @@ def main() -> None:
         print(
             f"goal p95 <= 50 ms ({args.clients} clients): {'met' if results[-1][5] <= 50 else 'NOT met'}"
         )
+        base_p95, p95 = results[0][5], results[-1][5]
+        summary = {
+            "name": "api",
+            "figure": round(p95, 1),
+            "unit": "ms p95",
+            "goal": "≤ 50 ms p95",
+            "met": p95 <= 50,
+            "baseline": round(base_p95, 1),
+            "ratio": round(base_p95 / p95, 2) if p95 else None,
+            "command": "benchmarks/bench_api.py " + " ".join(sys.argv[1:]),
+            "note": f"{args.clients} clients next -> submit, {results[-1][3]:.1f} req/s; "
+            f"baseline: one client; {labels} labels verified exactly once",
+        }
+        print("RESULT " + json.dumps(summary), flush=True)
     finally:
         server.terminate()
         try:
