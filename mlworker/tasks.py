@@ -4,7 +4,6 @@ annotation services. Every task is idempotent (upserts keyed by cell and version
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,22 +26,15 @@ def _local_path(name: str) -> Path | None:
         return None
 
 
-def _scorer(version_id: int, checkpoint_name: str) -> Any:
+def _scorer(version: Any) -> Any:
     """One loaded model per version per worker process (loading ResNet-152 takes seconds)."""
+    from annotation.services.model_registry import model_version_checkpoint
     from mlworker.score import Scorer
 
-    if version_id not in _scorers:
+    if version.pk not in _scorers:
         _scorers.clear()
-        with default_storage.open(checkpoint_name, "rb") as fh:
-            import torch
-
-            from mlworker.model import load_checkpoint
-
-            ckpt = load_checkpoint(
-                torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
-            )
-        _scorers[version_id] = Scorer(ckpt)
-    return _scorers[version_id]
+        _scorers[version.pk] = Scorer(model_version_checkpoint(version))
+    return _scorers[version.pk]
 
 
 @shared_task(
@@ -133,7 +125,7 @@ def score_cells(cell_ids: list[int], version_id: int | None = None) -> dict[str,
     ]
     failed = 0
     if cells:
-        scorer = _scorer(version.pk, str(version.checkpoint.name))
+        scorer = _scorer(version)
         inputs: list[Any] = []
         for cell in cells:
             path = _local_path(str(cell.image.name))

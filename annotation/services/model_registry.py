@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Any
 
 from django.core.files.base import File
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -16,7 +18,7 @@ from annotation.services.audit import audit_event_create
 from annotation.services.events import JOBS_GROUP, broadcast
 from annotation.services.routing import review_queue_reset_for_new_version
 from annotation.types import UserLike
-from mlworker.model import CheckpointError, load_checkpoint
+from mlworker.model import Checkpoint, CheckpointError, load_checkpoint
 
 # A candidate is promoted automatically only if balanced accuracy does not drop and no
 # class's TPR drops by more than this.
@@ -77,6 +79,16 @@ def model_version_register(
             after={"name": version.name, "arch": version.arch, "status": version.status},
         )
     return version
+
+
+def model_version_checkpoint(version: ModelVersion) -> Checkpoint:
+    """The version's checkpoint, read through storage (local files or S3 alike) and
+    loaded with ``weights_only=True``."""
+    import torch
+
+    with default_storage.open(str(version.checkpoint.name), "rb") as fh:
+        data = fh.read()
+    return load_checkpoint(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
 
 
 def guard_comparison(candidate: ModelVersion, active: ModelVersion | None) -> dict[str, Any]:

@@ -8,7 +8,6 @@ the active version on the same fixed evaluation set; the promotion guard then de
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 import shlex
@@ -227,11 +226,13 @@ def _retrain_args(job: TrainingJob) -> list[str]:
 
 def training_job_run(*, job_id: int) -> TrainingJob:
     """Run one job to the end (in a Celery worker). Never touches the active version."""
-    import torch
 
-    from annotation.services.model_registry import model_version_register
+    from annotation.services.model_registry import (
+        model_version_checkpoint,
+        model_version_register,
+    )
     from mlworker.data import Sample
-    from mlworker.model import load_checkpoint, save_checkpoint
+    from mlworker.model import save_checkpoint
     from mlworker.train import evaluate_samples, fit, parse_train_config
 
     with transaction.atomic():
@@ -281,12 +282,7 @@ def training_job_run(*, job_id: int) -> TrainingJob:
                     f"Need labelled cells for both training ({len(train)}) and the evaluation "
                     f"set ({len(val)})."
                 )
-            init = None
-            if active is not None:  # through storage, so remote backends (S3) work too
-                with default_storage.open(str(active.checkpoint.name), "rb") as fh:
-                    init = load_checkpoint(
-                        torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
-                    )
+            init = model_version_checkpoint(active) if active is not None else None
             config = parse_train_config(_retrain_args(job), init_checkpoint=init)
             report(
                 {
