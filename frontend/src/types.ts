@@ -215,5 +215,6 @@ export interface RoutingConfig {
   strategy: string;
   lease_seconds: number;
   retrain_min_new_labels: number;
+  labels_required_abnormal: number;
   updated_at: string;
 }

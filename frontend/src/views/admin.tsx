@@ -364,6 +364,12 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
   const [counts, setCounts] = useState<QueueCounts | null>(null);
   const [config, reloadConfig] = useLoad(() => get<RoutingConfig>("/api/routing-config/"), [], "loading the routing settings");
   const [form, setForm] = useState<Partial<RoutingConfig>>({});
+  // Edits in progress are never overwritten by a settings reload that arrives later.
+  const [dirty, setDirty] = useState(false);
+  const edit = (change: Partial<RoutingConfig>) => {
+    setDirty(true);
+    setForm({ ...form, ...change });
+  };
   useEffect(() => {
     const read = () => get<QueueCounts>("/api/queue/counts/").then(setCounts, (e) => showError(e, "reading the queue counts"));
     void read();
@@ -371,7 +377,7 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
     return () => offs.forEach((off) => off());
   }, []);
   useEffect(() => {
-    if (config) setForm(config);
+    if (config && !dirty) setForm(config);
   }, [config]);
   const names = new Map(boot.taxonomy.map((c) => [c.code, c.name]));
 
@@ -379,7 +385,7 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
     e.preventDefault();
     if (!config) return;
     const changed: Record<string, unknown> = {};
-    for (const k of ["confidence_threshold", "weak_class_tpr", "audit_rate", "strategy", "lease_seconds", "retrain_min_new_labels"] as const) {
+    for (const k of ["confidence_threshold", "weak_class_tpr", "audit_rate", "strategy", "lease_seconds", "retrain_min_new_labels", "labels_required_abnormal"] as const) {
       if (form[k] !== config[k]) changed[k] = form[k];
     }
     if (!Object.keys(changed).length) {
@@ -387,7 +393,9 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
       return;
     }
     try {
-      await patch<RoutingConfig>("/api/routing-config/", changed);
+      const saved = await patch<RoutingConfig>("/api/routing-config/", changed);
+      setForm(saved);
+      setDirty(false);
       showInfo("Routing settings saved; they apply to cells routed from now on.");
       reloadConfig();
     } catch (err) {
@@ -401,7 +409,7 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
         type="number"
         step={step}
         value={String(form[k] ?? "")}
-        onInput={(e) => setForm({ ...form, [k]: e.currentTarget.value === "" ? undefined : Number(e.currentTarget.value) })}
+        onInput={(e) => edit({ [k]: e.currentTarget.value === "" ? undefined : Number(e.currentTarget.value) })}
         data-testid={`routing-${k}`}
       />
       <small>{help}</small>
@@ -442,7 +450,7 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
           {num("audit_rate", "Audit rate", "0.005", "share of confident cells queued at random (0–1)")}
           <label class="field">
             <span>Strategy</span>
-            <select value={form.strategy ?? ""} onChange={(e) => setForm({ ...form, strategy: e.currentTarget.value })}>
+            <select value={form.strategy ?? ""} onChange={(e) => edit({ strategy: e.currentTarget.value })}>
               {["default", "least_confidence", "margin", "entropy", "weak_class", "kcenter", "random"].map((s) => (
                 <option key={s} value={s}>
                   {s}
@@ -453,6 +461,7 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
           </label>
           {num("lease_seconds", "Lease (seconds)", "1", "how long a cell stays with one person")}
           {num("retrain_min_new_labels", "Labels before scheduled retraining", "1", "new hematologist labels needed")}
+          {num("labels_required_abnormal", "Independent reads (abnormal)", "1", "reads a cell predicted abnormal needs; 2 = double reading (1–5)")}
           <p>
             <button type="submit" class="primary">
               Save thresholds
