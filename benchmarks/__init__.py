@@ -1,0 +1,1 @@
+"""Benchmarks: each script prints its figures next to a baseline (see run_all.py)."""
