@@ -94,6 +94,7 @@ function isSignedOut(data: unknown): boolean {
 export const get = <T>(url: string) => request<T>("GET", url);
 export const post = <T>(url: string, body?: unknown, init?: RequestInit) => request<T>("POST", url, body, init);
 export const patch = <T>(url: string, body?: unknown) => request<T>("PATCH", url, body);
+export const del = <T = void>(url: string) => request<T>("DELETE", url);
 
 /** Every page of a paginated list. */
 export async function getAll<T>(url: string, limit = 500): Promise<T[]> {

@@ -8,9 +8,10 @@ import { ConfirmDialog, Messages, roles, showError } from "./ui";
 import { LabelScreen } from "./views/label";
 import { CaseList, CaseReview } from "./views/cases";
 import { AdminConsole } from "./views/admin";
+import { AdjudicateScreen } from "./views/adjudicate";
 
 export interface Route {
-  screen: "label" | "cases" | "case" | "admin" | "home";
+  screen: "label" | "cases" | "case" | "admin" | "adjudicate" | "home";
   id?: number;
   tab?: string;
 }
@@ -18,6 +19,7 @@ export interface Route {
 export function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, "").split("/").filter(Boolean);
   if (parts[0] === "label") return { screen: "label" };
+  if (parts[0] === "adjudicate") return { screen: "adjudicate" };
   if (parts[0] === "cases" && parts[1]) return { screen: "case", id: Number(parts[1]) };
   if (parts[0] === "cases") return { screen: "cases" };
   if (parts[0] === "admin") return { screen: "admin", tab: parts[1] ?? "models" };
@@ -51,12 +53,13 @@ export function App({ boot }: { boot: Boot }) {
   let route = useRoute();
   if (route.screen === "home") route = { screen: roles.canLabel(boot) ? "label" : "cases" };
   useEffect(() => {
-    const titles: Record<string, string> = { label: "Label cells", cases: "Cases", case: "Case review", admin: "Admin console" };
+    const titles: Record<string, string> = { label: "Label cells", cases: "Cases", case: "Case review", admin: "Admin console", adjudicate: "Adjudicate" };
     document.title = `${titles[route.screen] ?? ""} · WBC portal`;
   }, [route.screen]);
 
   const nav = [
     roles.canLabel(boot) && { href: "#/label", text: "Label cells", active: route.screen === "label" },
+    roles.canAdjudicate(boot) && { href: "#/adjudicate", text: "Adjudicate", active: route.screen === "adjudicate" },
     { href: "#/cases", text: "Cases", active: route.screen === "cases" || route.screen === "case" },
     roles.isAdmin(boot) && { href: "#/admin/models", text: "Admin console", active: route.screen === "admin" },
   ].filter(Boolean) as { href: string; text: string; active: boolean }[];
@@ -89,6 +92,12 @@ export function App({ boot }: { boot: Boot }) {
       <main id="main" tabIndex={-1}>
         {route.screen === "label" &&
           (roles.canLabel(boot) ? <LabelScreen boot={boot} events={events} /> : <Refused boot={boot} what="Labelling" />)}
+        {route.screen === "adjudicate" &&
+          (roles.canAdjudicate(boot) ? (
+            <AdjudicateScreen boot={boot} events={events} />
+          ) : (
+            <Refused boot={boot} what="Adjudication" />
+          ))}
         {route.screen === "cases" && <CaseList boot={boot} />}
         {route.screen === "case" && <CaseReview boot={boot} caseId={route.id!} events={events} />}
         {route.screen === "admin" &&

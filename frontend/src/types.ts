@@ -218,3 +218,72 @@ export interface RoutingConfig {
   labels_required_abnormal: number;
   updated_at: string;
 }
+
+// --- trust: agreement (GET /api/agreement/), adjudication, gold cells ----------------------
+
+export interface AgreementPair {
+  a: string;
+  b: string;
+  n_items: number;
+  kappa: number | null;
+}
+
+export interface AgreementSummary {
+  fleiss_kappa: number | null;
+  n_items: number;
+  per_class: Record<string, number | null>;
+  pairs: AgreementPair[];
+  by_week: { week: string; kappa: number | null; n_items: number }[];
+}
+
+export interface AdjudicationItem {
+  id: number;
+  cell: number;
+  case: string;
+  image_url: string;
+  reasons: string[];
+  labels_required: number;
+  reads: Label[];
+}
+
+export interface GoldCell {
+  cell: number;
+  diff14: string;
+  note: string;
+  marked_by: string | null;
+  marked_at: string;
+  thumbnail_url: string;
+  case: string | number;
+}
+
+export interface GoldPerClass {
+  n: number;
+  correct: number;
+  tpr: number | null;
+}
+
+export interface GoldReader {
+  user: string;
+  n: number;
+  correct: number;
+  accuracy: number | null;
+  per_class: Record<string, GoldPerClass>;
+}
+
+export interface GoldModel {
+  model_version: number;
+  name: string;
+  active: boolean;
+  n: number;
+  accuracy: number | null;
+  balanced_accuracy: number | null;
+  per_class: Record<string, GoldPerClass>;
+}
+
+export interface GoldPerformance {
+  readers: GoldReader[];
+  models: GoldModel[];
+  by_scanner: Record<string, { readers: GoldReader[]; models: GoldModel[] }>;
+  gold_rate: number;
+  gold_cells: number;
+}

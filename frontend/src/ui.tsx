@@ -17,6 +17,8 @@ export const roles = {
     b.user.roles.includes("admin") ||
     b.user.roles.includes("hematologist") ||
     b.user.roles.includes("senior_hematologist"),
+  /** Settles disagreements between independent reads (the API's ADJUDICATORS). */
+  canAdjudicate: (b: Boot) => b.user.roles.includes("admin") || b.user.roles.includes("senior_hematologist"),
 };
 
 // --- messages ------------------------------------------------------------------------

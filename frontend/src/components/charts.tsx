@@ -133,3 +133,88 @@ export function Progress({ percent, label }: { percent: number | null; label: st
     </div>
   );
 }
+
+export interface LinePoint {
+  key: string;
+  label: string;
+  value: number | null;
+  note?: string;
+}
+
+/** A small line chart over ordered points (weeks); gaps where a value is null. `min` and
+ * `max` fix the scale; grid lines at `ticks`. The values are also listed as text below. */
+export function LineChart({
+  points,
+  min,
+  max,
+  ticks = [],
+  format,
+  caption,
+  testid,
+}: {
+  points: LinePoint[];
+  min: number;
+  max: number;
+  ticks?: number[];
+  format: (v: number | null) => string;
+  caption: string;
+  testid?: string;
+}) {
+  const W = 320;
+  const H = 120;
+  const pad = { left: 30, right: 8, top: 8, bottom: 18 };
+  const x = (i: number) => pad.left + (points.length <= 1 ? (W - pad.left - pad.right) / 2 : (i * (W - pad.left - pad.right)) / (points.length - 1));
+  const y = (v: number) => pad.top + ((max - Math.max(min, Math.min(max, v))) * (H - pad.top - pad.bottom)) / (max - min || 1);
+  const segments: string[] = [];
+  let run: string[] = [];
+  points.forEach((p, i) => {
+    if (p.value === null) {
+      if (run.length) segments.push(run.join(" "));
+      run = [];
+    } else run.push(`${x(i).toFixed(1)},${y(p.value).toFixed(1)}`);
+  });
+  if (run.length) segments.push(run.join(" "));
+  return (
+    <figure class="bars line-chart" data-testid={testid}>
+      <figcaption>{caption}</figcaption>
+      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={caption} style={{ width: "100%", maxWidth: "32rem", display: "block" }}>
+        {ticks.map((t) => (
+          <g key={t}>
+            <line x1={pad.left} x2={W - pad.right} y1={y(t)} y2={y(t)} stroke="#d0d7de" stroke-width="0.6" />
+            <text x={pad.left - 4} y={y(t) + 3} text-anchor="end" font-size="8" fill="#57606a">
+              {format(t)}
+            </text>
+          </g>
+        ))}
+        {segments.map((s, i) => (
+          <polyline key={i} points={s} fill="none" stroke="#5a3e99" stroke-width="1.6" />
+        ))}
+        {points.map((p, i) =>
+          p.value === null ? null : (
+            <circle key={p.key} cx={x(i)} cy={y(p.value)} r="2.6" fill="#5a3e99">
+              <title>{`${p.label}: ${format(p.value)}${p.note ? ` (${p.note})` : ""}`}</title>
+            </circle>
+          ),
+        )}
+        {points.map((p, i) =>
+          i === 0 || i === points.length - 1 || points.length <= 6 ? (
+            <text key={`l-${p.key}`} x={x(i)} y={H - 4} text-anchor="middle" font-size="8" fill="#57606a">
+              {p.label}
+            </text>
+          ) : null,
+        )}
+      </svg>
+      <table class="data compact">
+        <tbody>
+          {points.map((p) => (
+            <tr key={p.key}>
+              <th scope="row">{p.label}</th>
+              <td class="num">{format(p.value)}</td>
+              <td class="muted">{p.note ?? ""}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </figure>
+  );
+}

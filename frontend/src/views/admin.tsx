@@ -1,6 +1,7 @@
 // The admin console: model versions side by side (TPR bars, confusion matrices, promote,
 // rollback), training jobs (trigger, live progress, log tail, result), the queue's
-// composition with the routing thresholds, and import/upload with a progress bar.
+// composition with the routing thresholds, import/upload with a progress bar, and the
+// trust tab (agreement between readers and gold cells, views/trust.tsx).
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { ApiError, get, getAll, patch, post, query, upload, type UploadProgress } from "../api";
 import { Bars, ConfusionMatrix, PairedBars, Progress } from "../components/charts";
@@ -8,12 +9,14 @@ import type { Events } from "../events";
 import { reasonText } from "../labelling";
 import type { Boot, ModelVersion, ModelVersionDetail, QueueCounts, RoutingConfig, TrainingJob } from "../types";
 import { confirmAction, showError, showInfo, useLoad } from "../ui";
+import { TrustTab } from "./trust";
 
 const TABS: [string, string][] = [
   ["models", "Model versions"],
   ["training", "Training"],
   ["queue", "Queue and routing"],
   ["import", "Import"],
+  ["trust", "Agreement and gold"],
 ];
 
 export function AdminConsole({ boot, events, tab }: { boot: Boot; events: Events; tab: string }) {
@@ -31,6 +34,7 @@ export function AdminConsole({ boot, events, tab }: { boot: Boot; events: Events
       {tab === "training" && <TrainingTab events={events} />}
       {tab === "queue" && <QueueTab boot={boot} events={events} />}
       {tab === "import" && <ImportTab boot={boot} />}
+      {tab === "trust" && <TrustTab boot={boot} />}
     </section>
   );
 }

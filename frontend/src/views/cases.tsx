@@ -8,6 +8,7 @@ import { buildKeyMap, isTypingTarget, keyAction } from "../keys";
 import type { Boot, Case, CaseDetail, Cell, Differential, Label, Page } from "../types";
 import { Kbd, confirmAction, dialogOpen, roles, showError, showInfo, useLoad } from "../ui";
 import { Palette } from "./label";
+import { GoldMarkForm } from "./trust";
 
 const STATUS_TEXT: Record<string, string> = { new: "New", in_review: "In review", signed_off: "Signed off" };
 
@@ -346,6 +347,16 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
         </div>
         <aside class="diff-col" aria-label="Differential">
           <DifferentialTable d={local} />
+          {roles.isAdmin(boot) && selected.size === 1 && (
+            <section class="gold-mark-cell" aria-labelledby="gold-cell-title" data-testid="gold-mark-cell">
+              <h2 id="gold-cell-title">Gold cell</h2>
+              <p class="muted">Readers and models are measured on gold cells; the reference class defaults to the cell's current one.</p>
+              {(() => {
+                const cell = cells.find((c) => selected.has(c.id));
+                return cell ? <GoldMarkForm key={cell.id} boot={boot} cellId={cell.id} defaultCode={codeOf(cell)} /> : null;
+              })()}
+            </section>
+          )}
           {canLabel && (
             <div class="signoff">
               <button type="button" class="primary" onClick={signOff} disabled={!!blocker} aria-describedby="signoff-why" data-testid="signoff">

@@ -3,10 +3,10 @@
 // labels and moves on. Works with the keyboard alone and with the mouse alone.
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
 import { csrfToken, get, post } from "../api";
+import { CellViewer, ViewerTools, loadOverlay, useOverlayCanvas, zoomBy } from "../components/viewer";
 import type { Events } from "../events";
 import { buildKeyMap, isTypingTarget, keyAction, type KeyAction, type KeyMap } from "../keys";
 import { formatPercent, normaliseLease, reasonText, topClasses } from "../labelling";
-import { outlineOverlay } from "../outline";
 import { LabelQueue, type QueueApi } from "../queue";
 import type { Boot, CellDetail, Label, QueueCounts, ReviewItem } from "../types";
 import { Kbd, dialogOpen, showError, showInfo } from "../ui";
@@ -25,19 +25,6 @@ interface Prepared {
   detail: CellDetail | null;
   overlay: ImageData | null;
   overlayNote: string;
-}
-
-async function loadOverlay(url: string): Promise<ImageData> {
-  const mask = new Image();
-  mask.src = url;
-  await mask.decode();
-  const canvas = document.createElement("canvas");
-  canvas.width = mask.naturalWidth;
-  canvas.height = mask.naturalHeight;
-  const ctx = canvas.getContext("2d", { willReadFrequently: true })!;
-  ctx.drawImage(mask, 0, 0);
-  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
-  return new ImageData(outlineOverlay(pixels.data, canvas.width, canvas.height), canvas.width, canvas.height);
 }
 
 declare global {
@@ -96,7 +83,6 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
   const [zoom, setZoom] = useState(1);
   const viewer = useRef<HTMLDivElement>(null);
   const img = useRef<HTMLImageElement>(null);
-  const overlayCanvas = useRef<HTMLCanvasElement>(null);
   const pendingStart = useRef<number | null>(null);
 
   useEffect(() => {
@@ -138,6 +124,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
   const shown = snap.shown;
   const prepared = shown ? cache.current.get(shown.cell.id) : undefined;
   if (shown && !prepared) void prepare(shown);
+  const overlayCanvas = useOverlayCanvas(prepared?.overlay, [shown?.cell.id, prepared?.overlay]);
 
   const perform = (action: KeyAction, startedAt: number) => {
     const moves = () => {
@@ -176,7 +163,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
         setOutlines((o) => !o);
         break;
       case "zoom":
-        setZoom((z) => (action.step === 0 ? 1 : Math.min(4, Math.max(1, z + action.step * 0.5))));
+        setZoom((z) => zoomBy(z, action.step));
         break;
     }
   };
@@ -214,18 +201,6 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
     else el?.addEventListener("load", done, { once: true });
   }, [shown?.id, shown?.cell.id]);
 
-  useLayoutEffect(() => {
-    const canvas = overlayCanvas.current;
-    const overlay = prepared?.overlay;
-    if (!canvas) return;
-    if (!overlay) {
-      canvas.width = 0;
-      return;
-    }
-    canvas.width = overlay.width;
-    canvas.height = overlay.height;
-    canvas.getContext("2d")!.putImageData(overlay, 0, 0);
-  }, [shown?.cell.id, prepared?.overlay]);
 
   if (keymap instanceof Error) {
     return <p class="message error" role="alert">The class keys cannot be used: {keymap.message}</p>;
@@ -264,58 +239,34 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
               .
             </p>
           )}
-          <div
-            class="viewer"
-            ref={viewer}
-            tabIndex={0}
-            role="group"
-            aria-label={shown ? `Cell ${shown.cell.id}: press a class key to label it` : "No cell"}
-            data-testid="viewer"
-            data-cell-id={shown?.cell.id ?? ""}
-            data-item-id={shown?.id ?? ""}
-            onWheel={(e) => {
-              if (!shown) return;
-              e.preventDefault();
-              setZoom((z) => Math.min(4, Math.max(1, z + (e.deltaY < 0 ? 0.25 : -0.25))));
-            }}
-          >
-            {shown ? (
-              <div class="stage" style={{ height: `${zoom * 100}%` }}>
-                <img
-                  ref={img}
-                  src={shown.cell.image_url}
-                  alt={`Cell ${shown.cell.id} from case ${shown.cell.case_accession}`}
-                  data-testid="cell-image"
-                  draggable={false}
-                />
-                <canvas ref={overlayCanvas} class="overlay" hidden={!outlines} aria-hidden="true" />
-              </div>
-            ) : (
+          <CellViewer
+            viewerRef={viewer}
+            imgRef={img}
+            canvasRef={overlayCanvas}
+            src={shown?.cell.image_url ?? null}
+            alt={shown ? `Cell ${shown.cell.id} from case ${shown.cell.case_accession}` : ""}
+            label={shown ? `Cell ${shown.cell.id}: press a class key to label it` : "No cell"}
+            testid="viewer"
+            cellId={shown?.cell.id ?? null}
+            itemId={shown?.id ?? null}
+            zoom={zoom}
+            setZoom={setZoom}
+            outlines={outlines}
+            placeholder={
               <p class="placeholder" data-testid={snap.empty ? "queue-empty" : "queue-loading"}>
                 {snap.empty
                   ? "The queue has no cells for you right now. New cells appear here as they are scored."
                   : "Taking the next cell…"}
               </p>
-            )}
-          </div>
-          <div class="viewer-tools" role="toolbar" aria-label="Image">
-            <button type="button" aria-pressed={outlines} onClick={click({ kind: "outlines" })} aria-keyshortcuts="V">
-              Outlines {outlines ? "on" : "off"} <Kbd k="v" />
-            </button>
-            <button type="button" onClick={click({ kind: "zoom", step: 1 })} aria-label="Zoom in" aria-keyshortcuts="+">
-              Zoom + <Kbd k="+" />
-            </button>
-            <button type="button" onClick={click({ kind: "zoom", step: -1 })} aria-label="Zoom out" aria-keyshortcuts="-">
-              Zoom − <Kbd k="-" />
-            </button>
-            <button type="button" onClick={click({ kind: "zoom", step: 0 })} aria-keyshortcuts="0">
-              Fit <Kbd k="0" />
-            </button>
-            <span class="muted">
-              {Math.round(zoom * 100)} %{outlines && prepared?.overlayNote ? ` · ${prepared.overlayNote}` : ""}
-              {outlines && prepared?.overlay ? " · yellow: cell, cyan: nucleus" : ""}
-            </span>
-          </div>
+            }
+          />
+          <ViewerTools
+            outlines={outlines}
+            zoom={zoom}
+            note={prepared?.overlayNote ?? ""}
+            hasOverlay={!!prepared?.overlay}
+            click={click}
+          />
         </div>
 
         <aside class="info-col" aria-label="About this cell">
