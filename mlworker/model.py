@@ -24,7 +24,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import ResNet
 
 from mlworker import taxonomy
-from mlworker.presets import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD, EvalPreset
+from mlworker.presets import (
+    DEFAULT_CROP,
+    DEFAULT_INPUT_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalPreset,
+    check_crop,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +274,14 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> WBCClassifier:
     return model.eval()
 
 
+def checkpoint_crop(checkpoint: Checkpoint) -> float:
+    """The centre crop the checkpoint was trained with (its training ``args``; 1.0 for
+    checkpoints made before the flag existed, which saw the whole image)."""
+    return check_crop(checkpoint["args"].get("crop", DEFAULT_CROP))
+
+
 def preset_from_checkpoint(checkpoint: Checkpoint) -> EvalPreset:
     """The exact eval transform the checkpoint was trained and calibrated with."""
-    return EvalPreset(checkpoint["input_size"], checkpoint["mean"], checkpoint["std"])
+    return EvalPreset(
+        checkpoint["input_size"], checkpoint["mean"], checkpoint["std"], checkpoint_crop(checkpoint)
+    )

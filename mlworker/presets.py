@@ -5,9 +5,13 @@ converted to tensors first. That way the CPU path (decode in DataLoader workers)
 GPU path (``torchvision.io.decode_jpeg`` on the device) run the same resize and the same
 normalisation, and training and scoring can never disagree about the model's input.
 
-The analyser's crops are 360x363 and nearly square: they are resized to
-``input_size`` x ``input_size`` (default 224) without cropping, so no part of the cell
-border is lost.
+The analyser's crops are 360x363 and nearly square, with the white cell near the centre
+and red cells around it. By default they are resized to ``input_size`` x ``input_size``
+(default 224) without cropping. ``crop`` < 1 first keeps the central square of that
+fraction of the shorter side: at a small input size (a CPU run) the cell then gets
+(1 / crop)^2 times more pixels for the same compute. The crop is part of the preset, and
+the checkpoint records it (``preset_from_checkpoint``), so scoring crops exactly as
+training did.
 """
 
 from __future__ import annotations
@@ -22,6 +26,24 @@ from torchvision.transforms.v2 import functional as F
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = 224
+DEFAULT_CROP = 1.0
+
+
+def check_crop(crop: float) -> float:
+    """``crop`` as a float, or a ValueError saying what is allowed."""
+    crop = float(crop)
+    if not 0.1 <= crop <= 1.0:
+        raise ValueError(
+            f"crop must be between 0.1 and 1 (the kept share of the shorter side; "
+            f"1 keeps the whole image), got {crop}"
+        )
+    return crop
+
+
+def center_crop_box(height: int, width: int, crop: float) -> tuple[int, int, int]:
+    """(top, left, side) of the central square keeping ``crop`` of the shorter side."""
+    side = max(1, round(min(height, width) * crop))
+    return (height - side) // 2, (width - side) // 2, side
 
 
 def to_uint8_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
@@ -52,13 +74,22 @@ class EvalPreset:
         input_size: int = DEFAULT_INPUT_SIZE,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        crop: float = DEFAULT_CROP,
     ) -> None:
         self.input_size = input_size
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
+        self.crop = check_crop(crop)
 
     def resize(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., 3, H, W) -> uint8 (..., 3, S, S); batched when given a batch."""
+        """uint8 (..., 3, H, W) -> uint8 (..., 3, S, S); batched when given a batch.
+
+        With ``crop`` < 1 the central square is cut out first (same box for every image
+        of a batch: they share H and W).
+        """
+        if self.crop < 1.0:
+            top, left, side = center_crop_box(image.shape[-2], image.shape[-1], self.crop)
+            image = image[..., top : top + side, left : left + side]
         return F.resize(image, [self.input_size, self.input_size], antialias=True)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
@@ -69,11 +100,43 @@ class EvalPreset:
         return self.normalize(self.resize(to_uint8_tensor(image)))
 
 
+# Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB), rows in optical density,
+# as in scikit-image's ``rgb_from_hed``.
+RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32
+)
+RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
+
+
+def stain_jitter(
+    image: torch.Tensor, sigma: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Perturb each stain's amount: uint8 (3, H, W) -> uint8, same shape.
+
+    The image is taken to optical density and unmixed into haematoxylin, eosin and a
+    residual channel; each is scaled by U(1 - sigma, 1 + sigma) and shifted by
+    U(-sigma, sigma) before mixing back (Tellez et al. 2018, "HED" augmentation). Unlike
+    a brightness/hue jitter this changes nuclei and cytoplasm/granules independently, as a
+    different staining protocol or scanner does.
+    """
+    channels, height, width = image.shape
+    od = -torch.log(image.reshape(channels, -1).to(torch.float32).add_(1.0).div_(256.0))
+    alpha = 1 + (torch.rand(3, 1, generator=generator) * 2 - 1) * sigma
+    beta = (torch.rand(3, 1, generator=generator) * 2 - 1) * sigma
+    # od (3, N) -> stains (3, N) -> perturbed -> od; one 3x3 matrix does unmix + remix
+    mix = RGB_FROM_HED.T @ (alpha * HED_FROM_RGB.T)
+    od = (mix @ od).add_(RGB_FROM_HED.T @ beta).clamp_min_(0)
+    out = od.neg_().exp_().mul_(256.0).sub_(1.0).round_().clamp_(0, 255).to(torch.uint8)
+    return out.reshape(channels, height, width)
+
+
 class TrainPreset(EvalPreset):
     """Eval preset plus the augmentations that make sense for single-cell crops.
 
     Cells have no canonical orientation, so flips and 90 degree rotations are label
-    preserving; a small colour jitter covers stain and scanner variation.
+    preserving; a small colour jitter covers stain and scanner variation, and
+    ``stain_jitter`` (HED) the amount of each stain.
     """
 
     def __init__(
@@ -85,8 +148,13 @@ class TrainPreset(EvalPreset):
         vflip_prob: float = 0.5,
         rotate90: bool = True,
         color_jitter: float = 0.1,
+        crop: float = DEFAULT_CROP,
+        stain_jitter: float = 0.0,
     ) -> None:
-        super().__init__(input_size, mean, std)
+        super().__init__(input_size, mean, std, crop)
+        if not 0 <= stain_jitter < 1:
+            raise ValueError(f"stain_jitter must be in [0, 1), got {stain_jitter}")
+        self.stain_jitter = stain_jitter
         augment: list[v2.Transform] = []
         if hflip_prob > 0:
             augment.append(v2.RandomHorizontalFlip(hflip_prob))
@@ -105,9 +173,14 @@ class TrainPreset(EvalPreset):
         self.rotate90 = rotate90
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        tensor = self.resize(to_uint8_tensor(image))
+        return self.augment_resized(self.resize(to_uint8_tensor(image)))
+
+    def augment_resized(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Augment and normalise an image that ``resize`` has already produced (a cache)."""
         if self.rotate90:
             quarter_turns = int(torch.randint(0, 4, ()).item())
             tensor = torch.rot90(tensor, quarter_turns, dims=(1, 2))
+        if self.stain_jitter > 0:
+            tensor = stain_jitter(tensor, self.stain_jitter)
         tensor = self.augment(tensor)
         return self.normalize(tensor)

@@ -211,6 +211,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         state_path=state_path,
         resume_state=resume_state,
         progress_bar=args.progress_bar,
+        source_of=source_of,
     )
 
     metrics = dict(result.metrics)

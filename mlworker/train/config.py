@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, NoReturn
 
 from mlworker.device import PRECISIONS
-from mlworker.model import ARCHS, DEFAULT_ARCH, Checkpoint
-from mlworker.presets import DEFAULT_INPUT_SIZE
+from mlworker.model import ARCHS, DEFAULT_ARCH, Checkpoint, checkpoint_crop
+from mlworker.presets import DEFAULT_CROP, DEFAULT_INPUT_SIZE, check_crop
 
 SCOPES: tuple[str, ...] = ("layer4", "all")
 BALANCE: tuple[str, ...] = ("sampler", "loss", "none")
@@ -32,6 +32,7 @@ class TrainConfig:
     arch: str = DEFAULT_ARCH
     weights: str = "imagenet"
     image_size: int = DEFAULT_INPUT_SIZE
+    crop: float = DEFAULT_CROP
     batch_size: int = 32
     class_cap: int = 2500
     val_fraction: float = 0.3
@@ -54,10 +55,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
     balance: str = "sampler"
     balance_power: float = 1.0
+    balance_sources: bool = False
     hflip_prob: float = 0.5
     vflip_prob: float = 0.5
     rotate90: bool = True
     color_jitter: float = 0.1
+    stain_jitter: float = 0.0
     calibrate: bool = True
     init_from_checkpoint: bool = True
     seed: int = 0
@@ -98,6 +101,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _crop(text: str) -> float:
+    try:
+        return check_crop(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The hyperparameter flags; defaults come from ``TrainConfig``."""
     d = TrainConfig()
@@ -114,6 +124,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         type=_positive_int,
         default=d.image_size,
         help="square input size in pixels (the whole crop is resized)",
+    )
+    model.add_argument(
+        "--crop",
+        type=_crop,
+        default=d.crop,
+        help="keep the central square of this share of the shorter side before resizing "
+        "(the cell is near the centre: 0.6 gives it 2.8x the pixels); 1 keeps the whole "
+        "image. Recorded in the checkpoint, so scoring crops the same way",
     )
 
     data = parser.add_argument_group("data")
@@ -141,6 +159,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=d.balance_power,
         help="class weight = n_class^-power (1: fully balanced, 0.5: square root)",
     )
+    data.add_argument(
+        "--balance-sources",
+        action="store_true",
+        help="with --balance sampler: within each class, every --data source weighs "
+        "the same (a hospital's few eosinophils count as much as another's many)",
+    )
     data.add_argument("--hflip-prob", type=float, default=d.hflip_prob, help="horizontal flip")
     data.add_argument("--vflip-prob", type=float, default=d.vflip_prob, help="vertical flip")
     data.add_argument(
@@ -155,6 +179,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=d.color_jitter,
         help="brightness/contrast/saturation jitter (hue a quarter of it) for "
         "stain and scanner variation; 0 disables",
+    )
+
+    data.add_argument(
+        "--stain-jitter",
+        type=float,
+        default=d.stain_jitter,
+        help="HED stain augmentation: each stain's optical density scaled by 1 +- this "
+        "and shifted by +- this (0.05 light, 0.2 strong); 0 disables",
     )
 
     stages = parser.add_argument_group("stages")
@@ -295,6 +327,7 @@ def retraining_defaults(checkpoint: Checkpoint) -> dict[str, Any]:
     return {
         "arch": checkpoint["arch"],
         "image_size": int(checkpoint["input_size"]),
+        "crop": checkpoint_crop(checkpoint),  # the same view of the cell as before
         "weights": "none",  # the backbone comes from the checkpoint itself
         "epochs_head": 0,
         "epochs_finetune": 10,  # from a trained model, not from ImageNet features

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,7 @@ def prepare_images(
     if need_mb > config.cache_mb:
         labels = torch.tensor([s.label for s in samples], dtype=torch.long)
         return PreparedImages(samples, labels, None, {})
-    resize = EvalPreset(size).resize
+    resize = EvalPreset(size, crop=config.crop).resize
     dataset = CellImages(samples, transform=lambda image: resize(to_uint8_tensor(image)))
     workers = config.workers if config.workers is not None else _default_workers(False)
     workers = workers if len(samples) > 64 else 0
@@ -147,6 +147,38 @@ def _class_weights(labels: torch.Tensor, power: float) -> torch.Tensor:
     weights = torch.where(counts > 0, counts.clamp_min(1).pow(-power), torch.zeros_like(counts))
     mean_over_samples = (weights[labels]).mean()
     return (weights / mean_over_samples).float()
+
+
+def sample_weights(
+    labels: torch.Tensor, power: float, sources: Sequence[str] | None = None
+) -> torch.Tensor:
+    """Sampling weight per sample: class c weighs n_c^(1-power) in total (1: balanced).
+
+    With ``sources`` (one name per sample), each source present in a class gets an equal
+    share of that class's weight, so a hospital that contributed 40 eosinophils counts as
+    much as one that contributed 280: its stain and scanner are learnt, not drowned out.
+    """
+    per_class = _class_weights(labels, power).double()
+    weights = per_class[labels]
+    if sources is None:
+        return weights
+    if len(sources) != len(labels):
+        raise ValueError(f"{len(sources)} source names for {len(labels)} samples")
+    group_size: dict[tuple[str, int], int] = {}
+    for source, label in zip(sources, labels.tolist(), strict=True):
+        group_size[(source, label)] = group_size.get((source, label), 0) + 1
+    sources_in_class: dict[int, int] = {}
+    for _, label in group_size:
+        sources_in_class[label] = sources_in_class.get(label, 0) + 1
+    class_size = torch.bincount(labels, minlength=len(CODES)).tolist()
+    share = torch.tensor(
+        [
+            class_size[label] / (sources_in_class[label] * group_size[(source, label)])
+            for source, label in zip(sources, labels.tolist(), strict=True)
+        ],
+        dtype=torch.float64,
+    )
+    return weights * share
 
 
 def _epoch_seed(seed: int, stage: str, epoch: int) -> int:
@@ -252,10 +284,12 @@ def _batches_for_training(
         vflip_prob=config.vflip_prob,
         rotate90=config.rotate90,
         color_jitter=config.color_jitter,
+        crop=config.crop,
+        stain_jitter=config.stain_jitter,
     )
     dataset: Dataset[dict[str, Any]]
-    if data.images is not None:
-        dataset = _Cells(data.images, data.labels, preset)
+    if data.images is not None:  # cropped and resized already: augment only
+        dataset = _Cells(data.images, data.labels, preset.augment_resized)
     else:
         dataset = CellImages(data.samples, transform=preset)
     indices = [i for i in order.tolist() if i not in skip]
@@ -355,7 +389,7 @@ def predict_logits(
     heartbeat: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
     """(logits (N, C) float32, labels, newly unreadable) for the readable images of ``data``."""
-    preset = EvalPreset(config.image_size)
+    preset = EvalPreset(config.image_size, crop=config.crop)
     model.eval()
     out_logits: list[torch.Tensor] = []
     out_labels: list[torch.Tensor] = []
@@ -449,8 +483,10 @@ class _Run:
         state_path: Path | None,
         resume_state: dict[str, Any] | None,
         progress_bar: bool,
+        source_of: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        self.source_of = source_of
         self.progress = progress
         self.state_path = state_path
         self.progress_bar = progress_bar
@@ -598,12 +634,16 @@ class _Run:
         if self.config.balance != "sampler" and not boost:
             return torch.randperm(n, generator=generator)
         if self.config.balance == "sampler":
-            per_class = _class_weights(labels, self.config.balance_power)
+            sources = None
+            if self.config.balance_sources and self.source_of is not None:
+                sources = [self.source_of.get(str(s.path), "?") for s in self.train_data.samples]
+            weights = sample_weights(labels, self.config.balance_power, sources)
         else:
-            per_class = torch.ones(len(CODES))
+            weights = torch.ones(n, dtype=torch.float64)
+        boost_factor = torch.ones(len(CODES), dtype=torch.float64)
         for code in boost:
-            per_class[taxonomy.index_of(code)] *= self.config.weak_oversample
-        weights = per_class[labels].double()
+            boost_factor[taxonomy.index_of(code)] = self.config.weak_oversample
+        weights = weights * boost_factor[labels]
         return torch.multinomial(weights, n, replacement=True, generator=generator)
 
     def run_stage(self, stage: str, scope: str, base_lr: float, boost: Sequence[str] = ()) -> None:
@@ -852,6 +892,7 @@ def fit(
     state_path: str | Path | None = None,
     resume_state: dict[str, Any] | None = None,
     progress_bar: bool = False,
+    source_of: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train on ``train``, evaluate and calibrate on ``val`` (already split by the caller).
 
@@ -859,6 +900,8 @@ def fit(
     once per epoch (and every ``config.progress_every_s`` within one); if it raises, the
     exception propagates and nothing is written. ``state_path``: write a resumable state
     there after every epoch (atomically); ``resume_state``: continue from one.
+    ``source_of`` (image path -> source name, e.g. the hospital) lets
+    ``config.balance_sources`` weigh every source equally within each class.
     """
     if not train or not val:
         raise ValueError(f"fit needs training ({len(train)}) and validation ({len(val)}) images")
@@ -880,6 +923,7 @@ def fit(
             Path(state_path) if state_path else None,
             resume_state,
             progress_bar,
+            source_of,
         )
         run.prepare()
         if resume_state is not None:

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from mlworker import taxonomy
-from mlworker.data import CellImages, collate_cells, discover_samples, list_images
+from mlworker.data import CellImages, collate_cells, decode_file, discover_samples, list_images
 from mlworker.presets import EvalPreset, TrainPreset
 from tests.paths import SHARED_DATA
 
@@ -65,3 +65,54 @@ def test_train_and_eval_presets_share_size_and_normalisation():
     assert eval_out.shape == train_out.shape == (3, 64, 64)
     assert torch.allclose(eval_out, train_out)
     assert TrainPreset(64)(image).shape == (3, 64, 64)
+
+
+def _framed(centre: tuple[int, int, int], border: tuple[int, int, int]) -> torch.Tensor:
+    """A 363x360 uint8 image: one colour in the central 40 % square, another around it."""
+    image = torch.empty((3, 360, 363), dtype=torch.uint8)
+    image[:] = torch.tensor(border, dtype=torch.uint8).view(3, 1, 1)
+    image[:, 108:252, 110:254] = torch.tensor(centre, dtype=torch.uint8).view(3, 1, 1)
+    return image
+
+
+def test_centre_crop_keeps_only_the_middle_of_the_image_before_resizing():
+    image = _framed((200, 40, 40), (20, 20, 200))
+    whole = EvalPreset(32).resize(image)
+    cropped = EvalPreset(32, crop=0.3).resize(image)
+    assert cropped.shape == whole.shape == (3, 32, 32)
+    assert (cropped == torch.tensor([200, 40, 40]).view(3, 1, 1)).all()  # the border is gone
+    assert (whole[:, 0, 0] == torch.tensor([20, 20, 200])).all()  # the border is kept
+    batch = EvalPreset(32, crop=0.3).resize(torch.stack([image, image]))
+    assert torch.equal(batch[1], cropped)  # batched (scoring) and single (training) agree
+
+
+def test_train_preset_on_a_cached_resize_equals_the_full_transform():
+    image = _framed((200, 40, 40), (20, 20, 200))
+    preset = TrainPreset(32, crop=0.6)
+    torch.manual_seed(3)
+    direct = preset(image)
+    torch.manual_seed(3)
+    from_cache = preset.augment_resized(preset.resize(image))
+    assert torch.equal(direct, from_cache)  # the cache path never crops twice
+
+
+@pytest.mark.parametrize("crop", [0.0, -0.5, 1.5])
+def test_a_crop_outside_its_range_is_refused_with_the_allowed_range(crop):
+    with pytest.raises(ValueError, match=r"between 0\.1 and 1"):
+        EvalPreset(32, crop=crop)
+
+
+def test_stain_jitter_changes_stain_amounts_reproducibly_and_zero_is_identity():
+    from mlworker.presets import stain_jitter
+
+    image = decode_file(sorted((PBC / "EO").glob("*.jpg"))[0])
+    assert torch.equal(stain_jitter(image, 0.0), image)
+    first = stain_jitter(image, 0.2, torch.Generator().manual_seed(1))
+    again = stain_jitter(image, 0.2, torch.Generator().manual_seed(1))
+    other = stain_jitter(image, 0.2, torch.Generator().manual_seed(2))
+    assert first.shape == image.shape and first.dtype == torch.uint8
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert (first.float() - image.float()).abs().mean() > 2  # visibly restained
+    assert TrainPreset(32, stain_jitter=0.1)(image).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="stain_jitter"):
+        TrainPreset(32, stain_jitter=1.5)

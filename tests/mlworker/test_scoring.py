@@ -149,3 +149,22 @@ def test_cli_writes_json_with_one_entry_per_image(checkpoint, images, tmp_path):
     assert set(results) == {"NE.jpg", "LY.jpg", "EO.jpg", "BA.jpg", "NR.jpg", "bad.jpg"}
     assert results["bad.jpg"]["error"]
     assert sum(results["NE.jpg"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_scoring_crops_like_the_checkpoint_was_trained():
+    """Two images that differ only outside the centre: a checkpoint trained on a 0.4 centre
+    crop gives them the same scores, one trained on the whole image does not."""
+    torch.manual_seed(0)
+    model = build_classifier("resnet18")
+    centre = torch.full((3, 140, 140), 90, dtype=torch.uint8)
+    pair = []
+    for border in (30, 220):
+        image = torch.full((3, 360, 363), border, dtype=torch.uint8)
+        image[:, 110:250, 111:251] = centre
+        pair.append(image)
+    cropped = make_checkpoint(model, arch="resnet18", input_size=32, args={"crop": 0.35})
+    whole = make_checkpoint(model, arch="resnet18", input_size=32, args={})
+    a, b = Scorer(cropped, runtime=CPU).score(pair)
+    assert np.allclose(a.logits, b.logits, atol=1e-5)
+    a, b = Scorer(whole, runtime=CPU).score(pair)
+    assert not np.allclose(a.logits, b.logits, atol=1e-3)

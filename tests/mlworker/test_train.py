@@ -533,3 +533,39 @@ def test_evaluate_samples_gives_the_evaluation_json(tmp_path: Path) -> None:
     assert set(report) >= EVAL_KEYS and report["n_images"] == 6
     assert report["per_class"]["NE"]["n"] == 3 and report["per_class"]["BL"]["tpr"] is None
     assert math.isclose(sum(map(sum, report["confusion"])), 6)
+
+
+def test_source_balancing_gives_each_source_an_equal_share_of_its_class() -> None:
+    from mlworker.taxonomy import index_of
+    from mlworker.train.engine import sample_weights
+
+    # EO: 6 images from "pbc", 2 from "deepapl"; BL only from "deepapl" (3 images)
+    codes = ["EO"] * 8 + ["BL"] * 3
+    sources = ["pbc"] * 6 + ["deepapl"] * 5
+    labels = torch.tensor([index_of(c) for c in codes])
+    plain = sample_weights(labels, 1.0)
+    by_source = sample_weights(labels, 1.0, sources)
+    for weights in (plain, by_source):  # classes stay balanced either way
+        assert math.isclose(float(weights[:8].sum()), float(weights[8:].sum()), rel_tol=1e-6)
+    assert torch.allclose(plain[:8], plain[0].expand(8))  # plain: every EO image alike
+    pbc_share = float(by_source[:6].sum() / by_source[:8].sum())
+    assert math.isclose(pbc_share, 0.5, rel_tol=1e-6)  # 6 pbc EO weigh as much as 2 deepapl EO
+    with pytest.raises(ValueError, match="3 source names for 11 samples"):
+        sample_weights(labels, 1.0, sources[:3])
+
+
+def test_the_crop_is_recorded_in_the_checkpoint_and_kept_when_retraining(tmp_path: Path) -> None:
+    from mlworker.model import checkpoint_crop, preset_from_checkpoint
+
+    samples = colour_samples(tmp_path, 4)
+    config = tiny_config(epochs_head=0, epochs_weak=0, calibrate=False, crop=0.6)
+    source_of = {str(s.path): ("a" if i % 3 else "b") for i, s in enumerate(samples)}
+    config.balance_sources = True
+    result = fit(samples[::2], samples[1::2], config, source_of=source_of)
+    assert checkpoint_crop(result.checkpoint) == 0.6
+    assert preset_from_checkpoint(result.checkpoint).crop == 0.6
+    retrain = parse_train_config([], init_checkpoint=result.checkpoint)
+    assert retrain.crop == 0.6  # retraining sees the cell as the version it starts from did
+    assert checkpoint_crop(_start_checkpoint()) == 1.0  # older checkpoints: the whole image
+    with pytest.raises(ValueError, match=r"between 0\.1 and 1"):
+        parse_train_config(["--crop", "0"])
