@@ -253,7 +253,11 @@ export interface GoldCell {
   marked_by: string | null;
   marked_at: string;
   thumbnail_url: string;
-  case: string | number;
+  /** the case's accession id; case_id is its id */
+  case: string;
+  case_id: number;
+  /** the cell's current label, to compare with the gold class */
+  current_label: string | null;
 }
 
 export interface GoldPerClass {
@@ -273,17 +277,25 @@ export interface GoldReader {
 export interface GoldModel {
   model_version: number;
   name: string;
+  status: string;
   active: boolean;
   n: number;
+  correct: number;
   accuracy: number | null;
   balanced_accuracy: number | null;
   per_class: Record<string, GoldPerClass>;
 }
 
-export interface GoldPerformance {
+export interface GoldGroup {
+  gold_cells: number;
   readers: GoldReader[];
   models: GoldModel[];
-  by_scanner: Record<string, { readers: GoldReader[]; models: GoldModel[] }>;
+}
+
+export interface GoldPerformance extends GoldGroup {
+  /** RoutingConfig.gold_rate: the share of the cells a reader takes that are gold */
   gold_rate: number;
-  gold_cells: number;
+  classes: string[];
+  by_scanner: Record<string, GoldGroup>;
+  by_stain: Record<string, GoldGroup>;
 }

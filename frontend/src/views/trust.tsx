@@ -5,7 +5,7 @@ import { useState } from "preact/hooks";
 import { ApiError, del, get, post } from "../api";
 import { LineChart } from "../components/charts";
 import { KAPPA_BANDS, classKappaRows, formatKappa, goldClasses, isLow, kappaBand, pairMatrix } from "../trust";
-import type { AgreementSummary, Boot, GoldCell, GoldModel, GoldPerClass, GoldPerformance, GoldReader } from "../types";
+import type { AgreementSummary, Boot, GoldCell, GoldGroup, GoldModel, GoldPerClass, GoldPerformance, GoldReader } from "../types";
 import { confirmAction, showError, showInfo, useLoad } from "../ui";
 
 export function TrustTab({ boot }: { boot: Boot }) {
@@ -36,12 +36,7 @@ export function AgreementPanel({ boot }: { boot: Boot }) {
   const classes = classKappaRows(summary.per_class, boot.taxonomy);
   return (
     <section class="agreement" aria-labelledby="agreement-title" data-testid="agreement">
-      <h2 id="agreement-title">
-        Agreement between readers{" "}
-        <button type="button" class="link" onClick={reload}>
-          Refresh
-        </button>
-      </h2>
+      <h2 id="agreement-title">Agreement between readers</h2>
       {summary.n_items === 0 ? (
         <p data-testid="agreement-empty">
           No cell has been read independently by two people yet, so there is no agreement to measure. Double reading
@@ -52,12 +47,15 @@ export function AgreementPanel({ boot }: { boot: Boot }) {
         <>
           <p class="headline">
             Fleiss' kappa over every double-read cell: <KappaValue kappa={summary.fleiss_kappa} n={summary.n_items} testid="fleiss" />
-            <span class="muted"> · n = cells read by two or more people</span>
+            <span class="muted"> · n = cells read by two or more people</span>{" "}
+            <button type="button" onClick={reload}>
+              Refresh
+            </button>
           </p>
           <div class="side-by-side">
-            <div>
-              <table class="matrix kappa-matrix" data-testid="kappa-pairs">
-                <caption>Cohen's kappa per pair of readers (n = cells both read)</caption>
+            <figure class="bars">
+              <figcaption>Cohen's kappa per pair of readers (n = cells both read)</figcaption>
+              <table class="matrix kappa-matrix" data-testid="kappa-pairs" style={{ fontSize: ".85rem", width: "auto" }}>
                 <thead>
                   <tr>
                     <th scope="col">
@@ -83,7 +81,7 @@ export function AgreementPanel({ boot }: { boot: Boot }) {
                           <td
                             key={other}
                             data-pair={`${r}|${other}`}
-                            style={{ background: band.colour }}
+                            style={{ background: band.colour, minWidth: "4.5rem", textAlign: "center" }}
                             title={`${r} vs ${other}: kappa ${formatKappa(c.kappa)} (${band.name}) over ${c.n} cells`}
                           >
                             <strong>{formatKappa(c.kappa)}</strong>
@@ -97,7 +95,7 @@ export function AgreementPanel({ boot }: { boot: Boot }) {
                 </tbody>
               </table>
               <KappaLegend />
-            </div>
+            </figure>
             <div>
               <table class="data compact" data-testid="kappa-classes">
                 <caption>Fleiss' kappa per class (n = {summary.n_items} cells)</caption>
@@ -243,7 +241,12 @@ function PerformanceTable({
                 {pct(r.accuracy)}
                 {isLow(r.accuracy) ? " ▼" : ""}
               </td>
-              {hasBalanced && <td class={`num${isLow(r.balanced) ? " worse" : ""}`}>{pct(r.balanced)}</td>}
+              {hasBalanced && (
+                <td class={`num${isLow(r.balanced) ? " worse" : ""}`}>
+                  {pct(r.balanced)}
+                  {isLow(r.balanced) ? " ▼" : ""}
+                </td>
+              )}
               {codes.map((c) => (
                 <TprCell key={c} v={r.per_class[c]} />
               ))}
@@ -270,19 +273,20 @@ function modelRows(models: GoldModel[]) {
     name: m.name,
     tag: m.active ? "active" : undefined,
     n: m.n,
-    correct: Math.round((m.accuracy ?? 0) * m.n),
+    correct: m.correct,
     accuracy: m.accuracy,
     balanced: m.balanced_accuracy,
     per_class: m.per_class,
   }));
 }
 
-export function GoldPerformanceTables({ perf, boot, scope }: { perf: { readers: GoldReader[]; models: GoldModel[] }; boot: Boot; scope: string }) {
+/** The readers' and the models' table; `testid` prefixes their test ids ("gold" overall). */
+export function GoldPerformanceTables({ perf, boot, scope, testid }: { perf: GoldGroup; boot: Boot; scope: string; testid: string }) {
   const codes = goldClasses([...perf.readers, ...perf.models], boot.taxonomy);
   return (
     <>
-      <PerformanceTable caption={`Readers on gold cells${scope}: accuracy and TPR per class`} who="Reader" rows={readerRows(perf.readers)} codes={codes} testid="gold-readers" />
-      <PerformanceTable caption={`Model versions on gold cells${scope}`} who="Model version" rows={modelRows(perf.models)} codes={codes} testid="gold-models" />
+      <PerformanceTable caption={`Readers on gold cells${scope}: accuracy and TPR per class`} who="Reader" rows={readerRows(perf.readers)} codes={codes} testid={`${testid}-readers`} />
+      <PerformanceTable caption={`Model versions on gold cells${scope}`} who="Model version" rows={modelRows(perf.models)} codes={codes} testid={`${testid}-models`} />
     </>
   );
 }
@@ -327,18 +331,29 @@ export function GoldPanel({ boot, version, onChange }: { boot: Boot; version: nu
       <h2 id="gold-title">Gold cells</h2>
       {perf && (
         <p class="headline" data-testid="gold-summary">
-          {perf.gold_cells} gold cells · gold rate {pct(perf.gold_rate)} (share of queued cells that are gold, read blind)
+          {perf.gold_cells} gold cells · gold rate {pct(perf.gold_rate)} (the share of the cells a reader takes from the
+          queue that are gold cells, shown like any other)
           <span class="muted"> · values below {Math.round(100 * 0.9)} % are marked ▼</span>
         </p>
       )}
-      {perf && <GoldPerformanceTables perf={perf} boot={boot} scope="" />}
+      {perf && <GoldPerformanceTables perf={perf} boot={boot} scope="" testid="gold" />}
       {perf &&
-        Object.entries(perf.by_scanner).map(([scanner, p]) => (
-          <details key={scanner} class="scanner" data-scanner={scanner}>
-            <summary>Scanner {scanner}</summary>
-            <GoldPerformanceTables perf={p} boot={boot} scope={` (scanner ${scanner})`} />
-          </details>
-        ))}
+        (
+          [
+            ["scanner", perf.by_scanner],
+            ["stain", perf.by_stain],
+          ] as const
+        ).flatMap(([what, groups]) =>
+          Object.entries(groups ?? {}).map(([name, group]) => (
+            <details key={`${what}-${name}`} class="gold-group" data-group={`${what}:${name}`}>
+              <summary>
+                By {what}: {name} <span class="muted">({group.gold_cells} gold cells)</span>
+              </summary>
+              <GoldPerformanceTables perf={group} boot={boot} scope={` (${what} ${name})`} testid={`gold-${what}-${name}`} />
+            </details>
+          )),
+        )}
+      <h3>Mark a cell as gold</h3>
       <GoldMarkForm boot={boot} onMarked={onChange} />
       <h3>The gold cells</h3>
       {gold && !gold.length && <p data-testid="gold-empty">No gold cell yet. Mark one above or from a case's review screen.</p>}
@@ -352,7 +367,13 @@ export function GoldPanel({ boot, version, onChange }: { boot: Boot; version: nu
                   <span class="code">{g.diff14}</span> {names.get(g.diff14) ?? ""}
                 </strong>
                 <br />
-                cell {g.cell} · case {typeof g.case === "number" ? <a href={`#/cases/${g.case}`}>{g.case}</a> : g.case}
+                cell {g.cell} · case <a href={`#/cases/${g.case_id}`}>{g.case}</a>
+                <br />
+                {g.current_label === g.diff14 ? (
+                  <span class="muted">label agrees</span>
+                ) : (
+                  <span style={{ color: "var(--bad)", fontWeight: 600 }}>label {g.current_label ?? "none"} ≠ gold</span>
+                )}
                 <br />
                 {g.marked_by ?? "?"}, {new Date(g.marked_at).toLocaleDateString()}
                 {g.note ? (
