@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.files.base import File
 from django.core.files.storage import default_storage
@@ -18,7 +18,12 @@ from annotation.services.audit import audit_event_create
 from annotation.services.events import JOBS_GROUP, broadcast
 from annotation.services.routing import review_queue_reset_for_new_version
 from annotation.types import UserLike
-from mlworker.model import Checkpoint, CheckpointError, load_checkpoint
+
+if TYPE_CHECKING:
+    from mlworker.model import Checkpoint
+
+# mlworker.model pulls in torch (about 6 s and 300 MB): imported where a checkpoint is
+# read, so the web process, which only lists versions, never loads it.
 
 # A candidate is promoted automatically only if balanced accuracy does not drop and no
 # class's TPR drops by more than this.
@@ -45,6 +50,8 @@ def model_version_register(
     triggered_by: str = "admin",
 ) -> ModelVersion:
     """Validate a checkpoint file and store it as a model version."""
+    from mlworker.model import CheckpointError, load_checkpoint
+
     try:
         ckpt = load_checkpoint(checkpoint_path)
     except (CheckpointError, OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
@@ -85,6 +92,8 @@ def model_version_checkpoint(version: ModelVersion) -> Checkpoint:
     """The version's checkpoint, read through storage (local files or S3 alike) and
     loaded with ``weights_only=True``."""
     import torch
+
+    from mlworker.model import load_checkpoint
 
     with default_storage.open(str(version.checkpoint.name), "rb") as fh:
         data = fh.read()
