@@ -216,11 +216,36 @@ def client_loop(
         rec.latencies.extend(local)
 
 
-def run(base: str, tokens: list[str], duration: float, rec: Recorder) -> tuple[float, int]:
+def floor_loop(
+    base: str, token: str, client_id: int, until: float, rec: Recorder, rng: random.Random
+) -> None:
+    """The platform's floor: GET /api/auth/me/ (token lookup, roles, a tiny JSON body)
+    in the same loop, to tell the queue's own cost from the stack's."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {token}"
+    local: list[float] = []
+    while time.monotonic() < until:
+        t0 = time.perf_counter()
+        r = session.get(f"{base}/api/auth/me/", timeout=30)
+        local.append(time.perf_counter() - t0)
+        if r.status_code != 200:
+            with rec.lock:
+                rec.errors[f"me {r.status_code}"] += 1
+    with rec.lock:
+        rec.latencies.extend(local)
+
+
+def run(
+    base: str, tokens: list[str], duration: float, rec: Recorder, loop: object = None
+) -> tuple[float, int]:
     until = time.monotonic() + duration
     threads = [
         threading.Thread(
-            target=client_loop, args=(base, tok, i, until, rec, random.Random(i)), daemon=True
+            target=loop or client_loop,  # type: ignore[arg-type]
+            args=(base, tok, i, until, rec, random.Random(i)),
+            daemon=True,
         )
         for i, tok in enumerate(tokens)
     ]
@@ -279,6 +304,12 @@ def main() -> None:
         "--baseline-duration", type=float, default=15.0, help="seconds, one-client run"
     )
     parser.add_argument("--workers", type=int, default=4, help="uvicorn worker processes")
+    parser.add_argument(
+        "--floor-duration",
+        type=float,
+        default=15.0,
+        help="seconds of the floor run (all clients on GET /api/auth/me/); 0 skips it",
+    )
     parser.add_argument("--db", default="wbc_bench_api", help="scratch database (dropped)")
     parser.add_argument(
         "--conn-max-age",
@@ -302,12 +333,17 @@ def main() -> None:
     try:
         results = []
         recs = []
-        for name, toks, duration in (
-            ("baseline: 1 client", tokens[:1], args.baseline_duration),
-            (f"{args.clients} clients", tokens, args.duration),
-        ):
+        phases: list[tuple[str, list[str], float, object]] = [
+            ("baseline: 1 client", tokens[:1], args.baseline_duration, None),
+        ]
+        if args.floor_duration > 0:
+            phases.append(
+                (f"floor: {args.clients} x GET me", tokens, args.floor_duration, floor_loop)
+            )
+        phases.append((f"{args.clients} clients", tokens, args.duration, None))
+        for name, toks, duration, loop in phases:
             rec = Recorder()
-            elapsed, n = run(base, toks, duration, rec)
+            elapsed, n = run(base, toks, duration, rec, loop)
             recs.append(rec)
             lat = rec.latencies
             results.append(
@@ -343,7 +379,12 @@ def main() -> None:
             "ratio": round(base_p95 / p95, 2) if p95 else None,
             "command": "benchmarks/bench_api.py " + " ".join(sys.argv[1:]),
             "note": f"{args.clients} clients next -> submit, {results[-1][3]:.1f} req/s; "
-            f"baseline: one client; {labels} labels verified exactly once",
+            f"baseline: one client; {labels} labels verified exactly once"
+            + (
+                f"; floor (GET /api/auth/me/, {args.clients} clients): p95 {results[1][5]:.0f} ms"
+                if args.floor_duration > 0
+                else ""
+            ),
         }
         print("RESULT " + json.dumps(summary), flush=True)
     finally:
