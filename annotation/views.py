@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import mimetypes
 from typing import Any
 
@@ -11,6 +12,8 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
+
+logger = logging.getLogger(__name__)
 
 # Why a cell was queued, in words (the codes are annotation/services/routing.py's).
 QUEUE_REASONS = {
@@ -70,15 +73,33 @@ def health(request: HttpRequest) -> JsonResponse:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         database = "ok"
-    except Exception as exc:  # the point is to report it, whatever it is
-        return JsonResponse({"status": "error", "database": str(exc)}, status=503)
+    except Exception:  # the point is to report it, whatever it is
+        # The details (host, user, the driver's message) go to the log, not to the
+        # anonymous caller.
+        logger.exception("health check: the database does not answer")
+        return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
+    broker = _broker_status()
     return JsonResponse(
         {
-            "status": "ok",
+            # Without Redis the pages and the API still answer; new work is not queued.
+            "status": "ok" if broker != "unavailable" else "degraded",
             "database": database,
-            "broker": "redis" if settings.REDIS_URL else "in-process",
+            "broker": broker,
         }
     )
+
+
+def _broker_status() -> str:
+    if not settings.REDIS_URL:
+        return "in-process"
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping()
+    except (redis.ConnectionError, redis.TimeoutError):
+        logger.warning("health check: Redis does not answer")
+        return "unavailable"
+    return "redis"
 
 
 @login_required

@@ -74,6 +74,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A lost database connection: 503 with what to do (wbcportal/middleware.py).
+    "wbcportal.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "wbcportal.urls"
@@ -150,6 +152,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Sign-in lockout per username and client address (annotation/services/login_throttle.py):
+# this many failures within the window lock the pair out for the window.
+WBC_LOGIN_MAX_FAILURES = int(os.environ.get("WBC_LOGIN_MAX_FAILURES", 5))
+WBC_LOGIN_WINDOW_SECONDS = int(os.environ.get("WBC_LOGIN_WINDOW_SECONDS", 15 * 60))
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -182,7 +188,7 @@ if REDIS_URL:
     # Shared by every web process: throttling, the queue-broadcast debounce.
     CACHES = {
         "default": {
-            "BACKEND": "wbcportal.cache.SharedRedisCache",
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "wbc",
         }

@@ -14,16 +14,32 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
-from annotation.api.common import Choice, paginated, paginated_response
+from annotation.api.common import Choice, paginated, paginated_response, request_user
 from annotation.api.permissions import ADMINS, EVERYONE, PUBLIC, Roles, user_roles
+from annotation.services.login_throttle import (
+    client_address,
+    login_failure_record,
+    login_success_reset,
+    login_throttle_check,
+)
 from annotation.services.roles import ADMIN, ROLES
+from annotation.services.tokens import token_revoke
 from annotation.services.users import user_create_with_role
 
 
 class LoginThrottle(AnonRateThrottle):
-    """Password guessing through the token endpoint is limited per client address."""
+    """Password guessing through the token endpoint is limited per client address (on
+    top of the per-account lockout of annotation/services/login_throttle.py)."""
 
     scope = "login"
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        import redis
+
+        try:
+            return super().allow_request(request, view)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return True  # Redis is down: the password still decides (see login_throttle)
 
 
 class TokenSerializer(serializers.Serializer):
@@ -43,8 +59,17 @@ class UserSerializer(serializers.Serializer):
         return sorted(names & set(ROLES))
 
 
+class TokenRevokedSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    revoked = serializers.BooleanField(help_text="false when the user had no token")
+
+
 class TokenObtainApi(APIView):
-    """Exchange a username and password for the user's API token (created once)."""
+    """Exchange a username and password for the user's API token (created once).
+
+    After repeated failures for one username from one address the pair is locked out
+    for a while (429 saying when to retry; annotation/services/login_throttle.py).
+    """
 
     permission_classes = [Roles(POST=PUBLIC)]
     throttle_classes = [LoginThrottle]
@@ -52,13 +77,47 @@ class TokenObtainApi(APIView):
 
     @extend_schema(request=AuthTokenSerializer, responses={200: TokenSerializer}, auth=[])
     def post(self, request: Request) -> Response:
+        body = request.data if isinstance(request.data, dict) else {}
+        username = str(body.get("username", ""))[:150]
+        address = client_address(request)
+        login_throttle_check(username=username, address=address)
         data = AuthTokenSerializer(data=request.data, context={"request": request})
-        data.is_valid(raise_exception=True)
+        if not data.is_valid():
+            if username and body.get("password"):
+                login_failure_record(username=username, address=address)
+                login_throttle_check(username=username, address=address)
+            raise serializers.ValidationError(data.errors)
         user = data.validated_data["user"]
+        login_success_reset(username=username, address=address)
         token, _ = Token.objects.get_or_create(user=user)
         return Response(
             {"token": token.key, "username": user.username, "roles": sorted(user_roles(user))}
         )
+
+
+class TokenRevokeOwnApi(APIView):
+    """Revoke the caller's own API token: requests with it get 401 from now on. A new one
+    comes from POST /api/auth/token/ (or an admin's `manage.py issue_token`)."""
+
+    permission_classes = [Roles(POST=EVERYONE)]
+
+    @extend_schema(request=None, responses=TokenRevokedSerializer)
+    def post(self, request: Request) -> Response:
+        user = request_user(request)
+        revoked = token_revoke(user_id=user.pk, actor=user)
+        return Response({"username": user.get_username(), "revoked": revoked})
+
+
+class UserTokenRevokeApi(APIView):
+    """Admins revoke any user's API token (a leaked key, someone leaving)."""
+
+    permission_classes = [Roles(POST=ADMINS)]
+
+    @extend_schema(request=None, responses=TokenRevokedSerializer)
+    def post(self, request: Request, user_id: int) -> Response:
+        revoked = token_revoke(user_id=user_id, actor=request_user(request))
+        username = get_user_model().objects.get(pk=user_id).get_username()
+        return Response({"username": username, "revoked": revoked})
 
 
 class MeApi(APIView):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import tempfile
@@ -361,6 +362,10 @@ class UploadSummarySerializer(serializers.Serializer):
     unknown_class_names = serializers.DictField()
     cases_created = serializers.IntegerField()
     line = serializers.CharField()
+    processing_queued = serializers.BooleanField(
+        help_text="false when Redis was down: the cells are stored, not yet processed"
+    )
+    warning = serializers.CharField(required=False, help_text="what to do about it")
     cell_ids = serializers.ListField(child=serializers.IntegerField())
 
 
@@ -474,6 +479,15 @@ class CellUploadApi(APIView):
 
     @staticmethod
     def _save(upload: Any, target: Path) -> None:
-        with target.open("wb") as out:
-            for chunk in upload.chunks():
-                out.write(chunk)
+        try:
+            with target.open("wb") as out:
+                for chunk in upload.chunks():
+                    out.write(chunk)
+        except OSError as exc:  # the staging folder is removed by the caller either way
+            raise ApplicationError(
+                f"The server could not stage the upload ({exc.strerror or exc}); nothing "
+                "was imported. Try again later, and tell an admin if it persists (the "
+                "temporary folder's disk may be full).",
+                code="storage_full" if exc.errno == errno.ENOSPC else "storage_error",
+                status=507 if exc.errno == errno.ENOSPC else 503,
+            ) from exc

@@ -53,9 +53,55 @@ def _validation_message(fields: dict[str, str]) -> str:
     return "The request was not valid. " + "; ".join(parts)
 
 
+def _service_unavailable(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """A lost database or Redis connection: 503 with what to do, never a bare 500."""
+    from wbcportal.middleware import (
+        DATABASE_UNAVAILABLE_MESSAGE,
+        database_connections_reset,
+        is_database_unavailable,
+    )
+
+    if is_database_unavailable(exc):
+        logger.error("database unavailable in %s: %s", context.get("view"), exc)
+        database_connections_reset()
+        code, message = "database_unavailable", DATABASE_UNAVAILABLE_MESSAGE
+    elif is_broker_unavailable(exc):
+        logger.error("Redis unavailable in %s: %s", context.get("view"), exc)
+        code, message = "queue_unavailable", QUEUE_UNAVAILABLE_MESSAGE
+    else:
+        return None
+    return Response(
+        error_body(code, message),
+        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "30"},
+    )
+
+
+QUEUE_UNAVAILABLE_MESSAGE = (
+    "The task queue (Redis) is not reachable right now, so this could not be done. "
+    "Wait a moment and try again; if it persists, tell an admin (see /health/)."
+)
+
+
+def is_broker_unavailable(exc: BaseException) -> bool:
+    """Redis refused or dropped the connection (directly, or through kombu/Celery)."""
+    import redis
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | KombuOperationalError)
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
-        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+        retry = exc.fields.get("retry_after")
+        return Response(
+            error_body(exc.code, exc.message, exc.fields),
+            status=exc.status,
+            headers={"Retry-After": retry} if retry else None,
+        )
+    unavailable = _service_unavailable(exc, context)
+    if unavailable is not None:
+        return unavailable
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}

@@ -256,6 +256,7 @@ class RoutingConfigSerializer(serializers.ModelSerializer[RoutingConfig]):
             "lease_seconds",
             "retrain_min_new_labels",
             "labels_required_abnormal",
+            "gold_rate",
             "updated_at",
         ]
         read_only_fields = ["updated_at"]
@@ -276,6 +277,9 @@ class RoutingConfigApi(APIView):
         retrain_min_new_labels = serializers.IntegerField(required=False)
         labels_required_abnormal = serializers.IntegerField(
             required=False, help_text="independent reads for cells predicted abnormal (1-5)"
+        )
+        gold_rate = serializers.FloatField(
+            required=False, help_text="share of handed-out cells that are gold cells (0-0.5)"
         )
 
     @extend_schema(responses=RoutingConfigSerializer)

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from annotation.api.cells import CellSerializer, LabelSerializer
 from annotation.api.common import Diff14Field, request_user
+from annotation.api.gold import gold_item_disguise
 from annotation.api.permissions import EVERYONE, LABELLERS, Roles
 from annotation.models import CellImage, Prediction, ReviewItem
 from annotation.selectors.review_queue import review_queue_counts
@@ -80,6 +81,7 @@ def _item_with_cell(item: ReviewItem) -> ReviewItem:
         )
         .get(pk=item.cell_id)
     )
+    gold_item_disguise(item)
     item.cell.open_review_items = [item]  # type: ignore[attr-defined]
     item.cell.active_predictions = [  # type: ignore[attr-defined]
         p for p in item.cell.predictions.all() if p.model_version.status == "active"

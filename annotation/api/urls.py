@@ -10,17 +10,18 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from annotation.api import adjudication, auth, cases, cells, exports, labels, models, queue
 from annotation.api.errors import json_not_found
-from annotation.api.permissions import PUBLIC, Roles
+from annotation.api.permissions import EVERYONE, Roles
 
 app_name = "api"
 
 
+# Signed-in users only, like every URL but sign-in and the health check.
 class SchemaApi(SpectacularAPIView):
-    permission_classes = [Roles(GET=PUBLIC)]
+    permission_classes = [Roles(GET=EVERYONE)]
 
 
 class DocsApi(SpectacularSwaggerView):
-    permission_classes = [Roles(GET=PUBLIC)]
+    permission_classes = [Roles(GET=EVERYONE)]
 
 
 urlpatterns: list[Any] = [
@@ -28,8 +29,14 @@ urlpatterns: list[Any] = [
     path("docs/", DocsApi.as_view(url_name="api:schema"), name="docs"),
     # auth and users
     path("auth/token/", auth.TokenObtainApi.as_view(), name="auth-token"),
+    path("auth/token/revoke/", auth.TokenRevokeOwnApi.as_view(), name="auth-token-revoke"),
     path("auth/me/", auth.MeApi.as_view(), name="auth-me"),
     path("users/", auth.UserListCreateApi.as_view(), name="users"),
+    path(
+        "users/<int:user_id>/token/revoke/",
+        auth.UserTokenRevokeApi.as_view(),
+        name="user-token-revoke",
+    ),
     # cases
     path("cases/", cases.CaseListCreateApi.as_view(), name="cases"),
     path("cases/<int:case_id>/", cases.CaseDetailApi.as_view(), name="case-detail"),

@@ -1,6 +1,7 @@
 """All models of the annotation app, by area."""
 
 from annotation.models.core import AuditEvent, Case, CellImage, ImportBatch, Label
+from annotation.models.gold import GoldCell, GoldCheck
 from annotation.models.pipeline import (
     EvaluationSet,
     ExportJob,
@@ -19,6 +20,8 @@ __all__ = [
     "CellImage",
     "EvaluationSet",
     "ExportJob",
+    "GoldCell",
+    "GoldCheck",
     "ImportBatch",
     "Label",
     "ModelVersion",

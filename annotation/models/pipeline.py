@@ -114,6 +114,8 @@ class RoutingConfig(models.Model):
     # Independent reads for cells predicted as an abnormal class (the case's own setting
     # applies when higher).
     labels_required_abnormal = models.PositiveSmallIntegerField(default=1)
+    # Share of the cells handed to a hematologist that are gold cells (annotation/gold).
+    gold_rate = models.FloatField(default=0.05)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -150,6 +152,9 @@ class ReviewItem(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     label = models.ForeignKey(Label, null=True, blank=True, on_delete=models.SET_NULL)
     flagged = models.BooleanField(default=False)
+    # A gold cell mixed into one reader's queue; never shown to the reader (reasons look
+    # like an ordinary item's). Its read is scored, not used as the cell's label.
+    is_gold = models.BooleanField(default=False, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 

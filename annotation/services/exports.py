@@ -23,6 +23,7 @@ review item the label closed, otherwise the newest prediction made before the la
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.core.files import File
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
@@ -528,17 +530,23 @@ def export_job_run(*, job_id: int) -> ExportJob:
         }
         job.save(update_fields=["progress"])
 
+    # Chosen before the write, so a write that fails half-way can be removed by name.
+    name = default_storage.get_available_name(
+        job.file.field.generate_filename(job, f"export-{job.pk}-{job.format}.zip")
+    )
     try:
         with tempfile.TemporaryFile(suffix=".zip") as tmp:
             with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
                 for _ in _write_entries(zf, fmt=job.format, filters=filters, progress=progress):
                     pass
             tmp.seek(0)
-            job.file.save(f"export-{job.pk}-{job.format}.zip", File(tmp), save=False)
+            job.file.name = default_storage.save(name, File(tmp))
     except Exception as exc:
         logger.exception("export job %s failed", job.pk)
+        _discard_partial(name)
+        job.file.name = ""
         job.status = ExportJob.Status.FAILED
-        job.error = str(exc) or exc.__class__.__name__
+        job.error = _export_error(exc)
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "error", "finished_at"])
         return job
@@ -547,6 +555,30 @@ def export_job_run(*, job_id: int) -> ExportJob:
     job.progress = {**job.progress, "percent": 100.0}
     job.save(update_fields=["status", "file", "finished_at", "progress"])
     return job
+
+
+def _export_error(exc: Exception) -> str:
+    """What the job's error says: for a full or unwritable disk, what to do about it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"The export could not be written: no space left ({exc.strerror or exc}). "
+            "Nothing was kept. Free space on the server (or export fewer cells with "
+            "filters) and request the export again."
+        )
+    if isinstance(exc, OSError):
+        return (
+            f"The export could not be written ({exc.strerror or exc}). Nothing was kept. "
+            "Tell an admin to check the storage, then request the export again."
+        )
+    return str(exc) or exc.__class__.__name__
+
+
+def _discard_partial(name: str) -> None:
+    try:
+        if default_storage.exists(name):
+            default_storage.delete(name)
+    except OSError:  # pragma: no cover - the storage is gone altogether
+        logger.warning("could not remove the partial export %s", name)
 
 
 def export_sync_limit() -> int:

@@ -9,6 +9,7 @@ and their audit events in batches, each batch in one transaction.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -34,6 +35,11 @@ from mlworker.taxonomy import resolve_source_name
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
+NOT_QUEUED_WARNING = (
+    "The cells are stored, but the task queue (Redis) was not reachable, so their "
+    "segmentation and scoring were not queued. Once Redis is back, an admin runs "
+    "`manage.py score_pending` to queue every cell still unprocessed."
+)
 BATCH = 250
 
 
@@ -50,13 +56,14 @@ class ImportSummary:
     cases_created: int = 0
     layout: str = ""
     cell_ids: list[int] = field(default_factory=list)
+    processing_not_queued: bool = False
 
     def line(self) -> str:
         return (
             f"imported {self.new_cells} cells ({self.labelled} labelled, "
             f"{self.conflicting} conflicting), {self.duplicates} duplicates, "
             f"{len(self.skipped)} skipped"
-        )
+        ) + (f". {NOT_QUEUED_WARNING}" if self.processing_not_queued else "")
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -72,6 +79,8 @@ class ImportSummary:
             "unknown_class_names": dict(self.unknown_class_names),
             "cases_created": self.cases_created,
             "line": self.line(),
+            "processing_queued": not self.processing_not_queued,
+            **({"warning": NOT_QUEUED_WARNING} if self.processing_not_queued else {}),
         }
 
 
@@ -153,23 +162,79 @@ def _ensure_cases(listing: SourceListing, summary: ImportSummary) -> dict[str, C
     return cases
 
 
+def _image_name(group: _Group) -> str:
+    return f"cells/{group.image.sha256[:2]}/{group.image.sha256}.{group.image.extension}"
+
+
 def _store_image(group: _Group) -> str:
-    """Content-addressed: the same bytes always land at the same name, so a file left by
-    an interrupted import is simply reused."""
-    name = f"cells/{group.image.sha256[:2]}/{group.image.sha256}.{group.image.extension}"
-    if not default_storage.exists(name):
-        saved = default_storage.save(name, ContentFile(group.representative().path.read_bytes()))
-        if saved != name:  # pragma: no cover - a storage backend that renames on its own
-            logger.warning("storage saved %s as %s", name, saved)
-            return saved
-    return name
+    name = _image_name(group)
+    saved = default_storage.save(name, ContentFile(group.representative().path.read_bytes()))
+    if saved != name:  # pragma: no cover - a storage backend that renames on its own
+        logger.warning("storage saved %s as %s", name, saved)
+    return saved
+
+
+def _storage_failed(exc: OSError) -> ApplicationError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    reason = "the storage is full" if full else "the storage refused the write"
+    return ApplicationError(
+        f"Could not store the images: {reason} ({exc.strerror or exc}). Nothing from the "
+        "failing batch was kept; images stored by earlier batches are complete. Free space "
+        "(or fix the storage's permissions) and run the import again: images already "
+        "stored are recognised and not stored twice.",
+        code="storage_full" if full else "storage_error",
+        status=507 if full else 503,
+    )
+
+
+def _store_batch(groups: list[_Group]) -> tuple[list[str], list[str]]:
+    """(names of every group's file, names this call created). Content-addressed: the
+    same bytes always land at the same name, so a file stored earlier is reused. On a
+    storage error the files this call created are removed again (the failing one too,
+    which may be half-written), so a failed batch leaves no orphan."""
+    names: list[str] = []
+    created: list[str] = []
+    try:
+        for group in groups:
+            if default_storage.exists(_image_name(group)):
+                names.append(_image_name(group))
+                continue
+            # Listed before the write: a write that fails half-way leaves a partial file.
+            created.append(_image_name(group))
+            name = _store_image(group)
+            created[-1] = name
+            names.append(name)
+    except OSError as exc:
+        _discard(created)
+        raise _storage_failed(exc) from exc
+    return names, created
+
+
+def _discard(names: list[str]) -> None:
+    for name in names:
+        try:
+            if default_storage.exists(name):
+                default_storage.delete(name)
+        except OSError:  # pragma: no cover - the storage is gone altogether
+            logger.warning("could not remove %s after a failed import", name)
 
 
 def _write_batch(
     groups: list[_Group], cases: dict[str, Case], summary: ImportSummary
 ) -> list[_Group]:
     """Store one batch of new images; returns the groups someone else stored first."""
-    names = [_store_image(g) for g in groups]
+    names, created = _store_batch(groups)
+    try:
+        return _write_batch_rows(groups, names, cases, summary)
+    except Exception:
+        # The rows rolled back: the files stored for them would be orphans.
+        _discard(created)
+        raise
+
+
+def _write_batch_rows(
+    groups: list[_Group], names: list[str], cases: dict[str, Case], summary: ImportSummary
+) -> list[_Group]:
     with transaction.atomic():
         cells = []
         for group, name in zip(groups, names, strict=True):
@@ -300,6 +365,19 @@ def _import_listing(
     return summary
 
 
+def _symlinks_in(root: Path) -> list[tuple[str, str]]:
+    """Links inside an import folder are reported, never followed: one could point at
+    any file the importing process may read (another patient's data, /etc/...)."""
+    return [
+        (
+            path.relative_to(root).as_posix(),
+            "is a symbolic link; links are not followed. Copy the file itself into the folder.",
+        )
+        for path in sorted(root.rglob("*"))
+        if path.is_symlink()
+    ]
+
+
 def cells_import(
     *,
     source: Path,
@@ -325,6 +403,7 @@ def cells_import(
                 summary = _import_listing(listing, batch=batch, progress=progress, workers=workers)
         elif source.is_dir():
             listing = list_folder(source, case_name=case_name)
+            listing.missing.extend(_symlinks_in(source))
             summary = _import_listing(listing, batch=batch, progress=progress, workers=workers)
         else:
             raise ApplicationError(
@@ -336,6 +415,8 @@ def cells_import(
         batch.finished_at = timezone.now()
         batch.save(update_fields=["status", "error", "finished_at"])
         raise
+    if enqueue_processing:
+        _enqueue_processing(summary)
     batch.status = ImportBatch.Status.DONE
     batch.summary = summary.as_dict()
     batch.finished_at = timezone.now()
@@ -348,7 +429,20 @@ def cells_import(
             target_id=batch.pk,
             after={k: v for k, v in batch.summary.items() if k != "skipped_files"},
         )
-        if enqueue_processing:
-            # Segmentation and scoring start once the cells are committed.
-            cells_enqueue_processing(cell_ids=summary.cell_ids)
     return summary
+
+
+def _enqueue_processing(summary: ImportSummary) -> None:
+    """Queue the new cells' processing. The cells are stored either way: when Redis is
+    down the import still succeeds and says so, and `manage.py score_pending` queues
+    whatever lacks a segmentation or prediction once Redis is back."""
+    import redis
+    from kombu.exceptions import OperationalError as BrokerError
+
+    try:
+        # Each batch of cells has committed already; inside a caller's transaction the
+        # tasks go out when it commits.
+        cells_enqueue_processing(cell_ids=summary.cell_ids)
+    except (BrokerError, redis.ConnectionError, redis.TimeoutError) as exc:
+        logger.error("import stored %d cells but could not queue them: %s", summary.new_cells, exc)
+        summary.processing_not_queued = True

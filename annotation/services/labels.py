@@ -20,13 +20,14 @@ def _label_state(label: Label | None) -> dict[str, object] | None:
     }
 
 
-def _valid_code(code: str) -> str:
+def valid_code(code: str, *, field: str = "code") -> str:
+    """The code in upper case; an unknown one is refused, naming the input ``field``."""
     code = code.strip().upper()
     if code not in CODES:
         raise ApplicationError(
             f"Unknown 14-Diff class {code!r}; use one of {', '.join(CODES)}.",
             code="unknown_class",
-            fields={"code": "not a 14-Diff code"},
+            fields={field: "not a 14-Diff code"},
         )
     return code
 
@@ -71,7 +72,7 @@ def cell_label_create(
     records both. The cell row is locked so two people labelling the same cell at once
     produce a chain (A superseded by B), never two labels that both claim to be current.
     """
-    code = _valid_code(code)
+    code = valid_code(code)
     if source != Label.Source.IMPORTED and annotator is None:
         raise ApplicationError("A label given by a person must name the person.")
     with transaction.atomic():
@@ -110,7 +111,7 @@ def cell_label_create(
 def cell_label_read_create(*, item: ReviewItem, code: str, annotator: UserLike) -> Label:
     """One independent read of a double-read item. It does not become the cell's label
     by itself; nobody sees it before giving their own read."""
-    code = _valid_code(code)
+    code = valid_code(code)
     label = Label.objects.create(
         cell_id=item.cell_id,
         code=code,
@@ -163,3 +164,18 @@ def cell_reads_resolve(*, item: ReviewItem) -> Label | None:
         },
     )
     return None
+
+
+def cell_label_gold_read_create(*, item: ReviewItem, code: str, annotator: UserLike) -> Label:
+    """A reader's answer on a gold cell mixed into their queue (annotation/services/gold.py):
+    an independent read of the item, scored against the gold class. It never becomes the
+    cell's label and never opens a disagreement; the item is done."""
+    from django.utils import timezone
+
+    label = cell_label_read_create(item=item, code=code, annotator=annotator)
+    item.status = ReviewItem.Status.DONE
+    item.label = label
+    item.closed_at = timezone.now()
+    item.lease_expires_at = None
+    item.save(update_fields=["status", "label", "closed_at", "lease_expires_at"])
+    return label

@@ -16,6 +16,7 @@ from annotation.errors import ApplicationError
 from annotation.models import CellImage, ModelVersion
 from annotation.services.audit import audit_event_create
 from annotation.services.events import JOBS_GROUP, broadcast
+from annotation.services.pipeline import gold_cells_enqueue_scoring
 from annotation.services.routing import review_queue_reset_for_new_version
 from annotation.types import UserLike
 
@@ -49,7 +50,8 @@ def model_version_register(
     training_snapshot: dict[str, Any] | None = None,
     triggered_by: str = "admin",
 ) -> ModelVersion:
-    """Validate a checkpoint file and store it as a model version."""
+    """Validate a checkpoint file and store it as a model version; it scores the gold
+    cells (after commit), so every version is measured on them."""
     from mlworker.model import CheckpointError, load_checkpoint
 
     try:
@@ -85,6 +87,7 @@ def model_version_register(
             target_id=version.pk,
             after={"name": version.name, "arch": version.arch, "status": version.status},
         )
+        gold_cells_enqueue_scoring(version_id=version.pk)
     return version
 
 

@@ -16,7 +16,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from annotation.models import CellImage, ModelVersion, Prediction, Segmentation
+from annotation.models import CellImage, GoldCell, ModelVersion, Prediction, Segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +141,34 @@ def predictions_upsert(*, version: ModelVersion, rows: list[dict[str, object]]) 
             processing=CellImage.Processing.FAILED
         ).update(processing=CellImage.Processing.SCORED)
     return len(objs)
+
+
+def gold_cells_enqueue_scoring(*, version_id: int) -> int:
+    """Score every active gold cell the version has not scored yet, so each version is
+    measured on the whole gold set (annotation/services/gold.py). Returns how many cells
+    were queued; the tasks are sent once the caller's transaction commits."""
+    ids = list(
+        GoldCell.objects.filter(retired_at__isnull=True)
+        .exclude(cell__processing=CellImage.Processing.FAILED)
+        .exclude(cell__predictions__model_version_id=version_id)
+        .values_list("cell_id", flat=True)
+    )
+    cells_enqueue_scoring(cell_ids=ids, version_id=version_id)
+    return len(ids)
+
+
+def gold_cell_enqueue_scoring(*, cell_id: int) -> list[int]:
+    """A new gold cell is scored by the versions a decision rests on: the active one and
+    the candidates (earlier versions: ``score_pending --version NAME``). Returns their
+    ids."""
+    versions = list(
+        ModelVersion.objects.filter(
+            status__in=[ModelVersion.Status.ACTIVE, ModelVersion.Status.CANDIDATE]
+        )
+        .exclude(checkpoint="")
+        .exclude(predictions__cell_id=cell_id)
+        .values_list("id", flat=True)
+    )
+    for version_id in versions:
+        cells_enqueue_scoring(cell_ids=[cell_id], version_id=version_id)
+    return versions

@@ -17,7 +17,8 @@ from annotation.errors import ApplicationError
 from annotation.models import Label, ReviewItem, ReviewSkip
 from annotation.services.audit import audit_event_create
 from annotation.services.events import queue_changed
-from annotation.services.labels import cell_label_create
+from annotation.services.gold import gold_items_mix
+from annotation.services.labels import cell_label_create, cell_label_gold_read_create
 from annotation.services.routing import routing_config_get
 from annotation.types import UserLike
 
@@ -44,6 +45,7 @@ def review_items_next(*, user: UserLike, count: int = 1) -> list[ReviewItem]:
     now = timezone.now()
     review_leases_expire()
     with transaction.atomic():
+        gold_items_mix(user=user, count=count, now=now, lease=lease)
         mine = list(
             ReviewItem.objects.select_for_update(skip_locked=True)
             .filter(status=ReviewItem.Status.LEASED, leased_to=user)
@@ -107,7 +109,9 @@ def review_item_submit(*, item_id: int, user: UserLike, code: str) -> Label:
     """
     with transaction.atomic():
         item = _locked_item_of(item_id, user)
-        if item.labels_required <= 1:
+        if item.is_gold:
+            label = cell_label_gold_read_create(item=item, code=code, annotator=user)
+        elif item.labels_required <= 1:
             label = cell_label_create(cell_id=item.cell_id, code=code, annotator=user)
             item.status = ReviewItem.Status.DONE
             item.label = label

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.django_db
 
 
 def test_home_page_and_health_check(client) -> None:
-    page = client.get("/")
+    page = client.get("/", follow=True)  # anonymous: the sign-in page
+    assert page.redirect_chain[0][0].startswith("/accounts/login/")
     assert page.status_code == 200 and b"WBC portal" in page.content
     health = client.get("/health/")
     assert health.status_code == 200 and health.json()["database"] == "ok"

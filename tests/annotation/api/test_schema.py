@@ -25,11 +25,12 @@ def test_schema_is_valid_openapi_and_served_with_docs(clients) -> None:
     validate_schema(schema)
     paths = schema["paths"]
     assert "/api/exports/" in paths and "/api/queue/next/" in paths
-    served = clients["anonymous"].get(
+    assert clients["anonymous"].get("/api/schema/").status_code == 401
+    served = clients["data_scientist"].get(
         "/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json"
     )
     assert served.status_code == 200 and served.json()["info"]["title"] == "WBC portal API"
-    docs = clients["anonymous"].get("/api/docs/")
+    docs = clients["data_scientist"].get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
 
 
