@@ -23,9 +23,11 @@ _lock = threading.Lock()
 class SharedRedisCache(RedisCache):
     @cached_property
     def _cache(self) -> Any:
-        key = repr((self._servers, sorted(self._options.items())))
+        # RedisCache's own attributes, which django-stubs does not declare.
+        servers, options = self._servers, self._options  # type: ignore[attr-defined]
+        key = repr((servers, sorted(options.items())))
         with _lock:
             client = _clients.get(key)
             if client is None:
-                client = _clients[key] = self._class(self._servers, **self._options)
+                client = _clients[key] = self._class(servers, **options)  # type: ignore[attr-defined]
         return client
