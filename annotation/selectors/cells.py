@@ -104,9 +104,12 @@ def cell_get(*, cell_id: int) -> CellImage:
 def visible_labels() -> QuerySet[Label]:
     """Labels anyone may see. Independent reads of a cell still being double-read (or
     awaiting adjudication) stay hidden, so no reader sees another's answer before giving
-    their own; adjudicators see them through the adjudication queue."""
+    their own; adjudicators see them through the adjudication queue. Gold reads (a
+    reader's answer on a gold check) never show here: they are a reader's score, seen by
+    admins in the gold panel, and would tell other readers which cells are gold."""
     return Label.objects.filter(
-        Q(review_item__isnull=True) | Q(review_item__status__in=["done", "cancelled"])
+        Q(review_item__isnull=True)
+        | Q(review_item__status__in=["done", "cancelled"], review_item__is_gold=False)
     )
 
 

@@ -166,10 +166,13 @@ def training_job_fail_by_task(*, task_id: str, reason: str) -> None:
 
 def labelled_cells() -> list[tuple[int, str, str, int]]:
     """(cell id, storage name, 14-Diff code, case id) for every cell whose current label
-    counts for training: latest label per cell; unresolved conflicts left out."""
+    counts for training: latest label per cell; unresolved conflicts left out, and active
+    gold cells too: they measure every model version, which a version trained on them
+    would pass by memory."""
     rows = (
         CellImage.objects.filter(current_label__isnull=False, has_label_conflict=False)
         .exclude(processing=CellImage.Processing.FAILED)
+        .exclude(gold__retired_at__isnull=True, gold__isnull=False)
         .values_list("id", "image", "current_label__code", "case_id")
         .order_by("id")
     )

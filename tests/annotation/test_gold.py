@@ -291,6 +291,32 @@ def test_a_gold_read_keeps_the_cells_label_and_opens_no_adjudication(world) -> N
     assert figures["readers"][0]["correct"] == 0
 
 
+def test_gold_reads_stay_out_of_the_cells_label_history(world) -> None:
+    reader, other = world["users"]["a"], world["users"]["b"]
+    routing_config_update(user=None, gold_rate=0.5)
+    gold_rng_seed(seed=2)
+    item = _next_gold(reader)
+    submitted = _client(reader).post(
+        f"/api/queue/items/{item.pk}/submit/", {"code": "BL"}, format="json"
+    )
+    assert submitted.status_code == 201
+    history = _client(other).get(f"/api/cells/{item.cell_id}/labels/")
+    assert history.status_code == 200
+    shown = [row["id"] for row in history.json()]
+    assert submitted.json()["id"] not in shown
+    assert CellImage.objects.get(pk=item.cell_id).current_label_id in shown
+
+
+def test_active_gold_cells_are_left_out_of_training(world) -> None:
+    from annotation.services.training import labelled_cells
+
+    golds = world["golds"]
+    training = {cell_id for cell_id, *_ in labelled_cells()}
+    assert not training & {g.cell_id for g in golds}
+    gold_cell_retire(user=world["users"]["boss"], cell_id=golds[0].cell_id)
+    assert golds[0].cell_id in {cell_id for cell_id, *_ in labelled_cells()}
+
+
 # --- performance --------------------------------------------------------------------------
 
 
