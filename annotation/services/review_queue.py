@@ -33,6 +33,25 @@ def review_leases_expire() -> int:
     return expired
 
 
+def _queued_items_take(
+    *, user: UserLike, count: int, exclude: list[int] | None = None
+) -> list[ReviewItem]:
+    """The best ``count`` queued items this user may read, locked (rows other requests
+    are taking are skipped, so two requests never get the same item)."""
+    if count <= 0:
+        return []
+    skipped = ReviewSkip.objects.filter(item=OuterRef("pk"), user=user)
+    # Double reading: nobody reads the same cell twice.
+    read = Label.objects.filter(review_item=OuterRef("pk"), annotator=user)
+    return list(
+        ReviewItem.objects.select_for_update(skip_locked=True, of=("self",))
+        .filter(status=ReviewItem.Status.QUEUED)
+        .filter(~Exists(skipped), ~Exists(read))
+        .exclude(pk__in=exclude or [])
+        .order_by("-priority", "id")[:count]
+    )
+
+
 def review_items_next(*, user: UserLike, count: int = 1) -> list[ReviewItem]:
     """Up to ``count`` leases for the user: their live leases first (renewed), then the
     highest-priority queued items they have not skipped. Several at once let the browser
@@ -41,29 +60,24 @@ def review_items_next(*, user: UserLike, count: int = 1) -> list[ReviewItem]:
         raise ApplicationError(
             f"count must be from 1 to 10, got {count}.", fields={"count": "from 1 to 10"}
         )
-    lease = timedelta(seconds=routing_config_get().lease_seconds)
+    config = routing_config_get()
+    lease = timedelta(seconds=config.lease_seconds)
     now = timezone.now()
-    review_leases_expire()
     with transaction.atomic():
-        gold_items_mix(user=user, count=count, now=now, lease=lease)
+        gold_items_mix(user=user, count=count, now=now, lease=lease, config=config)
         mine = list(
             ReviewItem.objects.select_for_update(skip_locked=True)
             .filter(status=ReviewItem.Status.LEASED, leased_to=user)
             .order_by("id")[:count]
         )
-        skipped = ReviewSkip.objects.filter(item=OuterRef("pk"), user=user)
-        # Double reading: nobody reads the same cell twice.
-        read = Label.objects.filter(review_item=OuterRef("pk"), annotator=user)
-        new = (
-            list(
-                ReviewItem.objects.select_for_update(skip_locked=True, of=("self",))
-                .filter(status=ReviewItem.Status.QUEUED)
-                .filter(~Exists(skipped), ~Exists(read))
-                .order_by("-priority", "id")[: count - len(mine)]
+        new = _queued_items_take(user=user, count=count - len(mine))
+        if len(mine) + len(new) < count and review_leases_expire():
+            # Expired leases go back to the queue here only when the queue runs short
+            # (and every minute in housekeeping), not on every request: an UPDATE over
+            # the leased items per 'next' was a good part of its cost under load.
+            new += _queued_items_take(
+                user=user, count=count - len(mine) - len(new), exclude=[i.pk for i in new]
             )
-            if len(mine) < count
-            else []
-        )
         for item in (*mine, *new):
             item.status = ReviewItem.Status.LEASED
             item.leased_to = user
