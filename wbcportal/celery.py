@@ -42,7 +42,7 @@ def _setup_beat(sender: Celery, **kwargs: object) -> None:
     sender.conf.beat_schedule = _beat_schedule()
 
 
-@app.task(name="wbcportal.ping")
+@app.task(name="wbcportal.ping", ignore_result=False)  # the one task whose result is read
 def ping(value: str) -> dict[str, object]:
     """Round trip used by health checks and tests: proves a worker consumed the queue."""
     return {"echo": value, "worker_pid": os.getpid()}

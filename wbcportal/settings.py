@@ -183,6 +183,11 @@ CELERY_TASK_SOFT_TIME_LIMIT = int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT", 
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# Tasks write their results to the database; nothing waits on a task's return value. Not
+# tracking results also keeps the web app from subscribing to Redis for each task it
+# sends, a subscription that after a Redis outage fails for good ("the Celery
+# application must be restarted"): tests/faults/test_redis.py.
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = TIME_ZONE
 if REDIS_URL:
     # Shared by every web process: throttling, the queue-broadcast debounce.

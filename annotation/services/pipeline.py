@@ -159,7 +159,7 @@ def gold_cells_enqueue_scoring(*, version_id: int) -> int:
 
 def gold_cell_enqueue_scoring(*, cell_id: int) -> list[int]:
     """A new gold cell is scored by the versions a decision rests on: the active one and
-    the candidates (earlier versions: ``score_pending --version NAME``). Returns their
+    the candidates (earlier versions: ``score_pending --model-version NAME``). Returns their
     ids."""
     versions = list(
         ModelVersion.objects.filter(

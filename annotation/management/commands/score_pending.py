@@ -14,7 +14,10 @@ class Command(BaseCommand):
     help = "Queue segmentation and scoring for every cell that lacks them (active model)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--version", default=None, help="score with this version (name)")
+        # Not --version: every Django command has that one (it prints Django's version).
+        parser.add_argument(
+            "--model-version", dest="version", default=None, help="score with this version (name)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         version = (
