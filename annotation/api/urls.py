@@ -8,7 +8,7 @@ from typing import Any
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from annotation.api import adjudication, auth, cases, cells, exports, labels, models, queue
+from annotation.api import adjudication, auth, cases, cells, exports, gold, labels, models, queue
 from annotation.api.errors import json_not_found
 from annotation.api.permissions import EVERYONE, Roles
 
@@ -71,6 +71,10 @@ urlpatterns: list[Any] = [
         name="adjudication-decide",
     ),
     path("agreement/", adjudication.AgreementApi.as_view(), name="agreement"),
+    # gold cells
+    path("gold/", gold.GoldListCreateApi.as_view(), name="gold"),
+    path("gold/performance/", gold.GoldPerformanceApi.as_view(), name="gold-performance"),
+    path("gold/<int:cell_id>/", gold.GoldRetireApi.as_view(), name="gold-retire"),
     # model versions and training
     path("model-versions/", models.ModelVersionListApi.as_view(), name="model-versions"),
     path(

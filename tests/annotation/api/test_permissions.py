@@ -62,6 +62,9 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
     "adjudication": {"GET": ADJUDICATORS},
     "adjudication-decide": {"POST": ADJUDICATORS},
     "agreement": {"GET": {ADMIN, DS}},
+    "gold": {"GET": {ADMIN}, "POST": {ADMIN}},
+    "gold-performance": {"GET": {ADMIN}},
+    "gold-retire": {"DELETE": {ADMIN}},
 }
 NOT_ROUTES = {"not-found"}  # the catch-all 404 for unknown /api/ URLs
 
