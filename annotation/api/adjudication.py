@@ -23,11 +23,21 @@ from annotation.services.roles import DATA_SCIENTIST
 class AdjudicationItemSerializer(serializers.ModelSerializer[ReviewItem]):
     reads = LabelSerializer(many=True, help_text="every independent read, with its author")
     case = serializers.CharField(source="cell.case.accession_id")
+    case_id = serializers.IntegerField(source="cell.case_id")
     image_url = serializers.SerializerMethodField()
 
     class Meta:
         model = ReviewItem
-        fields = ["id", "cell", "case", "image_url", "reasons", "labels_required", "reads"]
+        fields = [
+            "id",
+            "cell",
+            "case",
+            "case_id",
+            "image_url",
+            "reasons",
+            "labels_required",
+            "reads",
+        ]
 
     def get_image_url(self, item: ReviewItem) -> str:
         return f"/api/cells/{item.cell_id}/image/"

@@ -58,9 +58,12 @@ def fleiss_kappa(items: Sequence[Counter[str]]) -> dict[str, Any]:
 
 
 def agreement_summary() -> dict[str, Any]:
-    """Every independent read, grouped by review item."""
+    """Every independent read, grouped by review item. Gold checks are one reader's
+    answer against a reference, not agreement between readers: left out."""
     reads = (
-        Label.objects.filter(review_item__isnull=False, annotator__isnull=False)
+        Label.objects.filter(
+            review_item__isnull=False, review_item__is_gold=False, annotator__isnull=False
+        )
         .values_list("review_item_id", "annotator__username", "code", "created_at")
         .order_by("review_item_id", "id")
     )
@@ -89,6 +92,11 @@ def agreement_summary() -> dict[str, Any]:
         "fleiss_kappa": overall["kappa"],
         "n_items": overall["n_items"],
         "per_class": {code: overall["per_class"].get(code) for code in CODES},
+        # Items in which at least one reader chose the class: how much each class's kappa
+        # rests on.
+        "per_class_items": {
+            code: sum(1 for counts in item_counts.values() if counts.get(code)) for code in CODES
+        },
         "pairs": pairs,
         "by_week": [
             {"week": week, **{k: v for k, v in fleiss_kappa(items).items() if k != "per_class"}}

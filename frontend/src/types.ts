@@ -232,6 +232,7 @@ export interface AgreementSummary {
   fleiss_kappa: number | null;
   n_items: number;
   per_class: Record<string, number | null>;
+  per_class_items?: Record<string, number>;
   pairs: AgreementPair[];
   by_week: { week: string; kappa: number | null; n_items: number }[];
 }
@@ -240,6 +241,7 @@ export interface AdjudicationItem {
   id: number;
   cell: number;
   case: string;
+  case_id?: number;
   image_url: string;
   reasons: string[];
   labels_required: number;

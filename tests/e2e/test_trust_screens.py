@@ -26,6 +26,8 @@ READS = {
 # MO 1 - 1/(12*27/144) = 0.556.
 COHEN, FLEISS = "0.50", "0.49"
 PER_CLASS = {"LY": ("0.66", "substantial"), "NE": ("0.25", "fair"), "MO": ("0.56", "moderate")}
+# Cells in which at least one reader chose the class: LY 0, 1, 5; NE 2, 3, 5; MO 3, 4.
+CLASS_ITEMS = {"LY": "3", "NE": "3", "MO": "2"}
 
 
 def _disagreements() -> list[ReviewItem]:
@@ -65,8 +67,10 @@ def test_admin_sees_the_kappas_the_reads_imply(
     assert COHEN in pair and "n = 6" in pair, pair
     assert panel.locator("[data-pair='ben|ann']").inner_text() == pair  # symmetric
     for code, (kappa, band) in PER_CLASS.items():
-        row = panel.get_by_test_id("kappa-classes").locator(f"tr[data-code='{code}']").inner_text()
+        row_locator = panel.get_by_test_id("kappa-classes").locator(f"tr[data-code='{code}']")
+        row = row_locator.inner_text()
         assert kappa in row and band in row, (code, row)
+        assert row_locator.locator("td").first.inner_text().strip() == CLASS_ITEMS[code], row
     # Only the classes somebody chose have a kappa.
     assert panel.get_by_test_id("kappa-classes").locator("tbody tr").count() == 3
     weeks = panel.get_by_test_id("kappa-weeks").inner_text()

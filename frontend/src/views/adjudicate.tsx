@@ -209,7 +209,10 @@ export function AdjudicateScreen({ boot, events }: { boot: Boot; events: Events 
             {shown && (
               <>
                 <h2>
-                  Cell {shown.cell} <span class="muted">case {shown.case}</span>
+                  Cell {shown.cell}{" "}
+                  <span class="muted">
+                    case {shown.case_id ? <a href={`#/cases/${shown.case_id}`}>{shown.case}</a> : shown.case}
+                  </span>
                 </h2>
                 <p data-testid="tally">
                   <strong>The readers disagree:</strong>{" "}

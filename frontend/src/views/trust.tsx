@@ -98,10 +98,13 @@ export function AgreementPanel({ boot }: { boot: Boot }) {
             </figure>
             <div>
               <table class="data compact" data-testid="kappa-classes">
-                <caption>Fleiss' kappa per class (n = {summary.n_items} cells)</caption>
+                <caption>Fleiss' kappa per class (over {summary.n_items} cells)</caption>
                 <thead>
                   <tr>
                     <th scope="col">Class</th>
+                    <th scope="col" class="num" title="double-read cells in which at least one reader chose the class">
+                      n
+                    </th>
                     <th scope="col" class="num">Kappa</th>
                     <th scope="col">Landis & Koch</th>
                   </tr>
@@ -114,6 +117,7 @@ export function AgreementPanel({ boot }: { boot: Boot }) {
                         <th scope="row" title={c.name}>
                           <span class="code">{c.code}</span> {c.name}
                         </th>
+                        <td class="num">{summary.per_class_items?.[c.code] ?? "–"}</td>
                         <td class="num" style={{ background: band.colour }}>
                           {formatKappa(c.kappa)}
                         </td>

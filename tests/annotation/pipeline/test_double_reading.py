@@ -128,6 +128,7 @@ def test_disagreement_goes_to_a_senior_hematologist(setup) -> None:
     summary = agreement_summary()
     assert summary["n_items"] == 1 and summary["pairs"][0]["n_items"] == 1
     assert summary["per_class"]["NE"] is None
+    assert summary["per_class_items"]["LR"] == 1 and summary["per_class_items"]["BA"] == 0
 
 
 def test_adjudication_over_the_api(setup) -> None:
@@ -149,6 +150,7 @@ def test_adjudication_over_the_api(setup) -> None:
     listing = client(users["senior"]).get("/api/adjudication/").json()
     assert [r["code"] for r in listing[0]["reads"]] == ["LY", "MO"]
     assert {r["annotator"] for r in listing[0]["reads"]} == {"a", "b"}
+    assert listing[0]["case_id"] == cells[0].case_id
     assert client(users["a"]).get("/api/adjudication/").status_code == 403
     decided = client(users["senior"]).post(
         f"/api/adjudication/{item.pk}/decide/", {"code": "mo"}, format="json"
