@@ -50,6 +50,13 @@ def test_an_admin_revokes_anyones_token_and_others_may_not(clients, users) -> No
     assert "GET /api/users/" in assert_error_shape(missing, 404, "not_found")["message"]
 
 
+def test_revoking_from_the_command_line_is_audited_too(clients, users) -> None:
+    call_command("issue_token", "u_hematologist", "--revoke", stdout=io.StringIO())
+    assert_error_shape(clients["hematologist"].get("/api/auth/me/"), 401, "authentication_failed")
+    event = AuditEvent.objects.get(action="token.revoke")
+    assert event.actor is None and event.after == {"username": "u_hematologist", "had_token": True}
+
+
 def test_a_new_token_after_revocation_is_a_different_key(clients, users) -> None:
     from tests.annotation.api.conftest import PASSWORD
 

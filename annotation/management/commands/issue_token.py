@@ -6,6 +6,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rest_framework.authtoken.models import Token
 
+from annotation.services.tokens import token_revoke
+
 
 class Command(BaseCommand):
     help = (
@@ -28,13 +30,13 @@ class Command(BaseCommand):
                 f"No user {username!r}; create one first (admin site or POST /api/users/)."
             ) from None
         if options["revoke"]:
-            deleted, _ = Token.objects.filter(user=user).delete()
+            deleted = token_revoke(user_id=user.pk, actor=None)  # audited as token.revoke
             self.stdout.write(
                 f"revoked the token of {username}" if deleted else f"{username} had no token"
             )
             return
         if options["rotate"]:
-            Token.objects.filter(user=user).delete()
+            token_revoke(user_id=user.pk, actor=None)
         if not user.is_active:
             raise CommandError(f"{username} is inactive; a token would not work.")
         token, _ = Token.objects.get_or_create(user=user)
