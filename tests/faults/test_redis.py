@@ -37,11 +37,11 @@ def private_redis(tmp_path: Path, redis_url: str) -> Iterator[PrivateRedis]:
     from wbcportal.celery import app
 
     server = PrivateRedis(tmp_path / "redis")
-    server.start()
     saved = (app.conf.broker_url, app.conf.result_backend, app.conf.task_always_eager)
-    app.conf.update(broker_url=server.url, result_backend=server.url, task_always_eager=False)
-    _forget_connections(app)
-    try:
+    try:  # from the start: a failure while setting up must not leave the server running
+        server.start()
+        app.conf.update(broker_url=server.url, result_backend=server.url, task_always_eager=False)
+        _forget_connections(app)
         yield server
     finally:
         server.stop()
