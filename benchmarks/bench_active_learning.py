@@ -1,6 +1,6 @@
 """Label efficiency of the product's active learning (issue 10), documented configuration.
 
-    .venv/bin/python benchmarks/bench_active_learning.py [--repeats 3] [--out runs/bench/al_sim]
+    .venv/bin/python benchmarks/bench_active_learning.py [--repeats 10] [--out runs/bench/al_sim]
 
 Runs ``python -m mlworker.al_sim`` (see mlworker/al_sim.md): a base model trained once on
 ../shared/data/pbc, the deepapl pool (another hospital, classes the base never saw), a
@@ -31,7 +31,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-data", default=str(SHARED / "pbc"))
     parser.add_argument("--pool-data", default=str(SHARED / "deepapl"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--crop", default="0.7", help="centre crop for base and pool images")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench" / "al_sim"))
     parser.add_argument(
         "--plot",
@@ -57,6 +58,8 @@ def main() -> int:
         "15",
         "--repeats",
         str(args.repeats),
+        "--crop",
+        args.crop,
         "--out",
         args.out,
     ]

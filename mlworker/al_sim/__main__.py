@@ -67,6 +67,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--arch", default=BaseConfig.arch, help="torchvision ResNet")
     g.add_argument("--image-size", type=int, default=BaseConfig.image_size, help="input pixels")
+    g.add_argument(
+        "--crop",
+        type=float,
+        default=BaseConfig.crop,
+        help="centre crop (kept share of the shorter side) before resizing, for base and pool",
+    )
     g.add_argument("--base-epochs", type=int, default=BaseConfig.epochs, help="epochs, all layers")
     g.add_argument("--base-batch-size", type=int, default=BaseConfig.batch_size, help="mini-batch")
     g.add_argument("--base-lr", type=float, default=BaseConfig.lr, help="AdamW peak learning rate")
@@ -129,7 +135,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         size = int(checkpoint["input_size"])
     else:
         size = args.image_size
-        base = decode_folder(args.base_data, size, cache, args.base_per_class, args.workers)
+        base = decode_folder(
+            args.base_data, size, cache, args.base_per_class, args.workers, crop=args.crop
+        )
         t = lap("decode_base_s", t)
         config = BaseConfig(
             arch=args.arch,
@@ -138,15 +146,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             batch_size=args.base_batch_size,
             lr=args.base_lr,
             seed=args.seed,
+            crop=args.crop,
         )
         checkpoint = train_base_model(base, config, cache, threads=args.threads or None)
         t = lap("base_model_s", t)
-    pool = decode_folder(args.pool_data, size, cache, args.pool_per_class, args.workers)
+    pool = decode_folder(
+        args.pool_data, size, cache, args.pool_per_class, args.workers, crop=args.crop
+    )
     t = lap("decode_pool_s", t)
+    test = patient_split(pool.labels, pool.patients, args.test_fraction, args.split_seed)
     feats = extract_features(checkpoint, pool.images, features_cache_path(cache, checkpoint, pool))
     t = lap("pool_features_s", t)
 
-    test = patient_split(pool.labels, pool.patients, args.test_fraction, args.split_seed)
     state = PoolState(features=feats.features, labels=pool.labels, test=test)
     base_head = Head(
         weight=checkpoint["model"]["fc.weight"].double().numpy(),

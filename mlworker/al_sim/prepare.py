@@ -70,8 +70,10 @@ def decode_folder(
     cache_dir: Path | None = None,
     limit_per_class: int | None = None,
     workers: int = 0,
+    crop: float = 1.0,
 ) -> DecodedSet:
-    """Decode a labelled folder at ``size`` x ``size`` (the EvalPreset resize).
+    """Decode a labelled folder at ``size`` x ``size`` (the EvalPreset resize, after its
+    centre crop when ``crop`` < 1: the cell gets more of the pixels).
 
     Unreadable files are left out and reported. An image whose exact bytes appear under
     two classes has no single ground truth, so every copy is left out; an exact duplicate
@@ -87,7 +89,8 @@ def decode_folder(
                 per[s.code or ""] = per.get(s.code or "", 0) + 1
                 kept.append(s)
         samples = kept
-    key = _key("decode/1", str(root), size, [str(s.path) for s in samples])
+    paths = [str(s.path) for s in samples]
+    key = _key("decode/1", str(root), size, paths, *([crop] if crop != 1.0 else []))
     cache = None if cache_dir is None else cache_dir / f"decoded-{root.name}-{size}-{key}.pt"
     if cache is not None and cache.is_file():
         d = torch.load(cache, weights_only=True)
@@ -124,7 +127,7 @@ def decode_folder(
             seen.add(h)
         keep.append(i)
     samples = [samples[i] for i in keep]
-    preset = EvalPreset(size)
+    preset = EvalPreset(size, crop=crop)
     loader = DataLoader(
         CellImages(samples, transform=preset.resize),
         batch_size=128,
@@ -231,6 +234,8 @@ class BaseConfig:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     seed: int = 0
+    # Centre crop applied when the images were decoded (the model sees them as they are).
+    crop: float = 1.0
 
 
 def _compute_threads(threads: int | None) -> int:
@@ -295,7 +300,8 @@ def train_base_model(
     thread is several times faster than two oversubscribed ones (as mlworker/training.md
     measured); pass None to keep torch's default on a machine of one's own.
     """
-    key = _key("base/1", config.__dict__, data.paths, data.labels.tolist())
+    settings = {k: v for k, v in config.__dict__.items() if k != "crop" or v != 1.0}
+    key = _key("base/1", settings, data.paths, data.labels.tolist())
     cache = None if cache_dir is None else cache_dir / f"base-{config.arch}-{key}.pt"
     if cache is not None and cache.is_file():
         logger.info("base model from cache %s", cache)

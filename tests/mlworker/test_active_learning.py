@@ -84,24 +84,62 @@ def test_random_is_reproducible_with_a_seed() -> None:
     assert first == again != other
 
 
-def test_default_batch_is_uncertain_and_diverse() -> None:
+def test_default_batch_covers_every_predicted_class_and_is_diverse() -> None:
     probs, features = _state(clusters=6)
+    predicted = probs.argmax(axis=1)
+    classes = set(predicted.tolist())
     ranking = al.order("default", probs, features=features, weak=np.zeros(K, bool), budget=20)
-    picks = ranking[:20]
+    picks = ranking[: len(classes)]
+    # one cell of every predicted class before a second of any: the rare classes (the
+    # small clusters) are in the first turn, where margin would take only the big one
+    assert set(predicted[picks].tolist()) == classes
     cluster = np.repeat(np.arange(6), [250] + [10] * 5)
-    margin = al.margin_uncertainty(probs)
-    assert margin[picks].mean() > np.median(margin)  # more uncertain than a typical cell
-    # no two picks are near-duplicates of each other
-    f = features[picks]
-    d = ((f[:, None] - f[None]) ** 2).sum(-1) + np.eye(len(picks)) * 1e9
+    two_turns = 2 * len(classes)  # the second pick of a class is the one farthest from the first
+    assert set(cluster[ranking[:two_turns]]) == set(range(6))
+    assert set(cluster[al.order("margin", probs)[:two_turns]]) == {0}
+    # within a class the picks are spread out, not near-duplicates of each other
+    big = [i for i in ranking[:60] if predicted[i] == predicted[ranking[0]]][:3]
+    f = features[big]
+    d = ((f[:, None] - f[None]) ** 2).sum(-1) + np.eye(len(big)) * 1e9
     assert d.min() > 1.0
-    assert len(set(cluster[picks])) >= 1
 
 
-def test_default_without_features_still_orders_by_score() -> None:
+def test_default_takes_weak_classes_first_in_each_turn() -> None:
+    probs, features = _state(clusters=6)
+    predicted = probs.argmax(axis=1)
+    common = int(np.bincount(predicted).argmax())
+    weak = np.zeros(K, bool)
+    weak[common] = True
+    ranking = al.order("default", probs, features=features, weak=weak, budget=20)
+    assert predicted[ranking[0]] == common
+    unweighted = al.order("default", probs, features=features, weak=np.zeros(K, bool), budget=20)
+    assert predicted[unweighted[0]] != common  # otherwise the rarest class leads
+
+
+def test_default_stays_away_from_what_is_labelled() -> None:
+    probs, features = _state(clusters=6)
+    predicted = probs.argmax(axis=1)
+    cls = int(np.bincount(predicted).argmax())
+    members = np.flatnonzero(predicted == cls)
+    labelled = features[members[:1]]
+    ranking = al.order(
+        "default", probs, features=features, weak=np.zeros(K, bool), budget=5,
+        labelled_features=labelled,
+    )  # fmt: skip
+    first_of_class = next(i for i in ranking if predicted[i] == cls)
+    nearest = ((features[members] - labelled[0]) ** 2).sum(axis=1).argmin()
+    assert first_of_class != members[nearest]
+
+
+def test_default_without_features_orders_by_confidence_within_each_class() -> None:
     probs, _ = _state()
     ranking = al.order("default", probs, weak=np.zeros(K, bool))
     assert sorted(ranking) == list(range(len(probs)))
+    predicted = probs.argmax(axis=1)
+    cls = int(np.bincount(predicted).argmax())
+    mine = [i for i in ranking if predicted[i] == cls]
+    confidence = probs.max(axis=1)[mine]
+    assert (np.diff(confidence) <= 0).all()
 
 
 def test_unknown_strategy_and_missing_features_are_refused() -> None:

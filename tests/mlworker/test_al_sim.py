@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mlworker import active_learning
 from mlworker.al_sim.__main__ import get_args_parser, main
@@ -213,3 +214,19 @@ def test_decoding_leaves_out_unreadable_and_ambiguous_images(tmp_path: Path) -> 
     assert tuple(decoded.images.shape) == (2, 3, 32, 32)
     assert len(decoded.ambiguous) == 2
     assert [Path(p).name for p in decoded.unreadable] == ["d.jpg"]
+
+
+def test_decoding_with_a_crop_magnifies_the_centre_and_caches_apart(tmp_path: Path) -> None:
+    src = sorted((SHARED_DATA / "pbc" / "NE").glob("*.jpg"))[0]
+    (tmp_path / "data" / "NE").mkdir(parents=True)
+    shutil.copy(src, tmp_path / "data" / "NE" / "a.jpg")
+    cache = tmp_path / "cache"
+    whole = decode_folder(tmp_path / "data", 32, cache)
+    centre = decode_folder(tmp_path / "data", 32, cache, crop=0.5)
+    assert whole.images.shape == centre.images.shape
+    assert len(list(cache.glob("decoded-*.pt"))) == 2  # one cache entry per crop
+    # the central half of the whole-frame decode, enlarged, looks like the cropped decode
+    middle = whole.images[0, :, 8:24, 8:24].float()
+    enlarged = torch.nn.functional.interpolate(middle[None], size=32, mode="bilinear")[0]
+    assert (enlarged - centre.images[0].float()).abs().mean() < 20
+    assert (whole.images[0].float() - centre.images[0].float()).abs().mean() > 20
