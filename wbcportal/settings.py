@@ -193,7 +193,7 @@ if REDIS_URL:
     # Shared by every web process: throttling, the queue-broadcast debounce.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "wbcportal.cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "wbc",
         }
