@@ -190,7 +190,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     write_json(summary, out / "summary.json")
     title = (
         f"{Path(args.pool_data).name} pool ({int((~test).sum())} queryable, {int(test.sum())} "
-        f"test cells), base {checkpoint['arch']} {size} px on {Path(args.base_data).name}; "
+        f"test cells), base {checkpoint['arch']} {size} px"
+        f"{f' (centre {args.crop:.0%})' if args.crop < 1 else ''} on {Path(args.base_data).name}; "
         f"{args.repeats} repeats, mean ± std"
     )
     plot_curves(points, strategies, out / "learning_curves.png", title)
