@@ -51,6 +51,7 @@ def ui_boot(request: HttpRequest) -> dict[str, Any]:
             "artifact_code": "AR",
         },
         "queue_reasons": QUEUE_REASONS,
+        "label_prefetch": settings.WBC_LABEL_PREFETCH,
         "urls": {
             "login": settings.LOGIN_URL,
             "logout": reverse("logout"),

@@ -156,6 +156,9 @@ AUTH_PASSWORD_VALIDATORS = [
 # this many failures within the window lock the pair out for the window.
 WBC_LOGIN_MAX_FAILURES = int(os.environ.get("WBC_LOGIN_MAX_FAILURES", 5))
 WBC_LOGIN_WINDOW_SECONDS = int(os.environ.get("WBC_LOGIN_WINDOW_SECONDS", 15 * 60))
+# Cells the labelling screen leases and loads ahead of the one on screen (0: one at a
+# time, fetched after each label; benchmarks/bench_browser.py measures both).
+WBC_LABEL_PREFETCH = max(0, min(9, int(os.environ.get("WBC_LABEL_PREFETCH", 4))))
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"

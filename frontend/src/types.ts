@@ -25,6 +25,8 @@ export interface Boot {
   reserved_keys: string[];
   differential_rules: DifferentialRules;
   queue_reasons: Record<string, string>;
+  /** cells leased and loaded ahead of the one on screen (WBC_LABEL_PREFETCH) */
+  label_prefetch?: number;
   urls: { logout: string; login: string; api: string; events: string };
 }
 

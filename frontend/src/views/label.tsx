@@ -75,7 +75,13 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
   };
 
   const queue = useMemo(
-    () => new LabelQueue(api, { depth: 4, prepare, onChange: rerender, onError: (e, doing) => showError(e, doing) }),
+    () =>
+      new LabelQueue(api, {
+        depth: boot.label_prefetch ?? 4,
+        prepare,
+        onChange: rerender,
+        onError: (e, doing) => showError(e, doing),
+      }),
     [],
   );
   const [counts, setCounts] = useState<QueueCounts | null>(null);
