@@ -56,6 +56,9 @@ EXPECTED: tuple[tuple[str, str], ...] = (
 ARGS: dict[str, list[str]] = {
     "segmentation": ["--json", "runs/bench/segmentation.json"],
     "scoring": ["--json", "runs/bench/scoring.json"],
+    # ResNet-152 through the whole pipeline takes over 10 minutes on this CPU; its figures
+    # are in the Pipeline section (bench_pipeline.py --archs resnet18,resnet152).
+    "pipeline": ["--archs", "resnet18"],
 }
 
 
