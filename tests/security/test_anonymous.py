@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -126,9 +127,15 @@ def test_the_websocket_refuses_anonymous_users_and_accepts_signed_in_ones(users)
         await communicator.disconnect()
         return connected, code
 
+    def run(coro: Any) -> Any:
+        # In a thread of its own: an earlier test (Playwright's sync API) may have left an
+        # event loop running in this one, where asyncio.run() refuses to start.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, coro).result()
+
     for pattern in websocket_urlpatterns:
         path = "/" + _sample(pattern.pattern)
-        connected, code = asyncio.run(connect(path, None))
+        connected, code = run(connect(path, None))
         assert not connected and code == 4401, f"{path} accepted an anonymous user"
-        connected, _ = asyncio.run(connect(path, session_cookie))
+        connected, _ = run(connect(path, session_cookie))
         assert connected, f"{path} refused a signed-in user"

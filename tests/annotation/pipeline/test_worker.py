@@ -118,6 +118,10 @@ def test_a_worker_killed_mid_batch_loses_nothing(
             first.kill()
     done_before = Segmentation.objects.count()
     assert done_before < len(ids), "the batch finished before the kill; nothing was tested"
+    # The broker hands the dead worker's task on once it has been unacknowledged for the
+    # visibility timeout; a worker that starts sooner finds nothing to restore yet (and the
+    # next periodic restore may be minutes away), which made this test depend on timing.
+    time.sleep(float(env["WBC_VISIBILITY_TIMEOUT"]) + 1.5)
     second = start_worker(redis_url, media_root=media, log=log, extra_env=env)
     try:
         wait_until(
