@@ -53,23 +53,24 @@ def setup_django(db_name: str, media: Path) -> str:
     return url
 
 
-def seed(n_cells: int, n_users: int) -> list[str]:
-    """n_cells queued cells with an active model's predictions; one token per user."""
-    from rest_framework.authtoken.models import Token
-
+def queue_seed(
+    accession: str, n_cells: int, double_share: float = 0.0, arch: str = "resnet152"
+) -> None:
+    """One case of ``n_cells`` queued cells with an active model's predictions (low
+    confidence); ``double_share`` of the items need two independent reads. Shared with
+    load_annotators.py."""
     from annotation.models import Case, CellImage, ModelVersion, Prediction, ReviewItem
-    from annotation.services.users import user_create_with_role
 
     rng = random.Random(0)
-    case = Case.objects.create(accession_id="BENCH")
+    case = Case.objects.create(accession_id=accession)
     version = ModelVersion.objects.create(
-        name="bench", arch="resnet152", class_codes=CODES, status="active"
+        name=accession.lower(), arch=arch, class_codes=CODES, status="active"
     )
     cells = CellImage.objects.bulk_create(
         [
             CellImage(
                 case=case,
-                image=f"cells/bench/{i:064x}.jpg",
+                image=f"cells/{accession.lower()}/{i:064x}.jpg",
                 sha256=f"{i:064x}",
                 width=360,
                 height=363,
@@ -80,9 +81,9 @@ def seed(n_cells: int, n_users: int) -> list[str]:
     )
     predictions, items = [], []
     for cell in cells:
-        top = rng.randrange(14)
+        top = rng.randrange(len(CODES))
         conf = rng.uniform(0.3, 0.8)
-        probs = [(1 - conf) / 13] * 14
+        probs = [(1 - conf) / (len(CODES) - 1)] * len(CODES)
         probs[top] = conf
         predictions.append(
             Prediction(
@@ -91,17 +92,30 @@ def seed(n_cells: int, n_users: int) -> list[str]:
                 probabilities=probs,
                 top_code=CODES[top],
                 confidence=conf,
-                margin=conf - probs[0],
+                margin=conf - max(p for k, p in enumerate(probs) if k != top),
                 entropy=1.0,
             )
         )
         items.append(
             ReviewItem(
-                cell=cell, reasons=["low_confidence"], priority=1 - conf, model_version=version
+                cell=cell,
+                reasons=["low_confidence"],
+                priority=1 - conf,
+                model_version=version,
+                labels_required=2 if double_share and rng.random() < double_share else 1,
             )
         )
     Prediction.objects.bulk_create(predictions, batch_size=2000)
     ReviewItem.objects.bulk_create(items, batch_size=2000)
+
+
+def seed(n_cells: int, n_users: int) -> list[str]:
+    """n_cells queued cells with an active model's predictions; one token per user."""
+    from rest_framework.authtoken.models import Token
+
+    from annotation.services.users import user_create_with_role
+
+    queue_seed("BENCH", n_cells)
     tokens = []
     for i in range(n_users):
         user = user_create_with_role(

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_api import (  # noqa: E402
     CODES,
     free_port,
+    queue_seed,
     setup_django,
     start_server,
 )
@@ -52,55 +53,9 @@ def seed(n_cells: int, double_share: float, n_hem: int, n_senior: int) -> list[t
     from django.contrib.auth.models import Permission
     from rest_framework.authtoken.models import Token
 
-    from annotation.models import Case, CellImage, ModelVersion, Prediction, ReviewItem
     from annotation.services.users import user_create_with_role
 
-    rng = random.Random(0)
-    case = Case.objects.create(accession_id="LOAD")
-    version = ModelVersion.objects.create(
-        name="load", arch="resnet18", class_codes=CODES, status="active"
-    )
-    cells = CellImage.objects.bulk_create(
-        [
-            CellImage(
-                case=case,
-                image=f"cells/load/{i:064x}.jpg",
-                sha256=f"{i:064x}",
-                width=360,
-                height=363,
-            )
-            for i in range(n_cells)
-        ],
-        batch_size=2000,
-    )
-    predictions, items = [], []
-    for cell in cells:
-        top = rng.randrange(len(CODES))
-        conf = rng.uniform(0.3, 0.8)
-        probs = [(1 - conf) / (len(CODES) - 1)] * len(CODES)
-        probs[top] = conf
-        predictions.append(
-            Prediction(
-                cell=cell,
-                model_version=version,
-                probabilities=probs,
-                top_code=CODES[top],
-                confidence=conf,
-                margin=conf - max(p for i, p in enumerate(probs) if i != top),
-                entropy=1.0,
-            )
-        )
-        items.append(
-            ReviewItem(
-                cell=cell,
-                reasons=["low_confidence"],
-                priority=1 - conf,
-                model_version=version,
-                labels_required=2 if rng.random() < double_share else 1,
-            )
-        )
-    Prediction.objects.bulk_create(predictions, batch_size=2000)
-    ReviewItem.objects.bulk_create(items, batch_size=2000)
+    queue_seed("LOAD", n_cells, double_share=double_share, arch="resnet18")
     annotators = []
     for i in range(n_hem + n_senior):
         senior = i >= n_hem
