@@ -27,10 +27,12 @@ from mlworker import taxonomy
 from mlworker.presets import (
     DEFAULT_CROP,
     DEFAULT_INPUT_SIZE,
+    DEFAULT_TTA,
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalPreset,
     check_crop,
+    check_tta,
 )
 
 logger = logging.getLogger(__name__)
@@ -280,8 +282,18 @@ def checkpoint_crop(checkpoint: Checkpoint) -> float:
     return check_crop(checkpoint["args"].get("crop", DEFAULT_CROP))
 
 
+def checkpoint_tta(checkpoint: Checkpoint) -> str:
+    """The test-time augmentation the checkpoint was calibrated and evaluated with
+    ("none" for checkpoints made before the flag existed)."""
+    return check_tta(checkpoint["args"].get("tta", DEFAULT_TTA))
+
+
 def preset_from_checkpoint(checkpoint: Checkpoint) -> EvalPreset:
     """The exact eval transform the checkpoint was trained and calibrated with."""
     return EvalPreset(
-        checkpoint["input_size"], checkpoint["mean"], checkpoint["std"], checkpoint_crop(checkpoint)
+        checkpoint["input_size"],
+        checkpoint["mean"],
+        checkpoint["std"],
+        checkpoint_crop(checkpoint),
+        checkpoint_tta(checkpoint),
     )

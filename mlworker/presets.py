@@ -27,6 +27,11 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = 224
 DEFAULT_CROP = 1.0
+# Test-time augmentation: the model's logits averaged over symmetric views of the image
+# (cells have no orientation). "flips": identity, both mirrors and the half turn (4 views);
+# "dihedral": the 8 symmetries of the square (those 4 and their transposes).
+TTA_MODES: tuple[str, ...] = ("none", "flips", "dihedral")
+DEFAULT_TTA = "none"
 
 
 def check_crop(crop: float) -> float:
@@ -38,6 +43,29 @@ def check_crop(crop: float) -> float:
             f"1 keeps the whole image), got {crop}"
         )
     return crop
+
+
+def check_tta(tta: str) -> str:
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return tta
+
+
+def tta_views(batch: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The views of a square (N, C, S, S) batch that ``tta`` averages over, identity first."""
+    check_tta(tta)
+    if tta == "none":
+        return [batch]
+    h, w = batch.dim() - 2, batch.dim() - 1
+    views = [batch, batch.flip(w), batch.flip(h), batch.flip((h, w))]
+    if tta == "dihedral":
+        views += [view.transpose(h, w) for view in views]
+    memory_format = (
+        torch.channels_last
+        if batch.dim() == 4 and batch.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
+    return [view.contiguous(memory_format=memory_format) for view in views]
 
 
 def center_crop_box(height: int, width: int, crop: float) -> tuple[int, int, int]:
@@ -75,11 +103,13 @@ class EvalPreset:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         crop: float = DEFAULT_CROP,
+        tta: str = DEFAULT_TTA,
     ) -> None:
         self.input_size = input_size
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
         self.crop = check_crop(crop)
+        self.tta = check_tta(tta)  # applied where the model runs (tta_views), not here
 
     def resize(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (..., 3, H, W) -> uint8 (..., 3, S, S); batched when given a batch.

@@ -46,7 +46,7 @@ from mlworker.model import (
     model_from_checkpoint,
     preset_from_checkpoint,
 )
-from mlworker.presets import to_uint8_tensor
+from mlworker.presets import to_uint8_tensor, tta_views
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +200,13 @@ class Scorer:
     def _score_batch(self, images: torch.Tensor) -> list[ImageScore]:
         x = self.preset.normalize(self.runtime.prepare_batch(images))
         with inference(self.runtime):
-            features, logits = self.model.forward_with_features(x)  # type: ignore[operator]
-            logits = logits.float()
+            # the checkpoint's test-time augmentation: features and logits averaged over views
+            outputs = [
+                self.model.forward_with_features(view)  # type: ignore[operator]
+                for view in tta_views(x, self.preset.tta)
+            ]
+            features = torch.stack([f.float() for f, _ in outputs]).mean(0)
+            logits = torch.stack([out.float() for _, out in outputs]).mean(0)
             probs = softmax_with_temperature(logits, self.temperature)
             top2 = probs.topk(2, dim=1)
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)

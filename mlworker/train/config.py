@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, NoReturn
 
 from mlworker.device import PRECISIONS
-from mlworker.model import ARCHS, DEFAULT_ARCH, Checkpoint, checkpoint_crop
-from mlworker.presets import DEFAULT_CROP, DEFAULT_INPUT_SIZE, check_crop
+from mlworker.model import ARCHS, DEFAULT_ARCH, Checkpoint, checkpoint_crop, checkpoint_tta
+from mlworker.presets import DEFAULT_CROP, DEFAULT_INPUT_SIZE, DEFAULT_TTA, TTA_MODES, check_crop
 
 SCOPES: tuple[str, ...] = ("layer4", "all")
 BALANCE: tuple[str, ...] = ("sampler", "loss", "none")
@@ -33,6 +33,9 @@ class TrainConfig:
     weights: str = "imagenet"
     image_size: int = DEFAULT_INPUT_SIZE
     crop: float = DEFAULT_CROP
+    low_res_size: int | None = None
+    low_res_epochs: int = 0
+    tta: str = DEFAULT_TTA
     batch_size: int = 32
     class_cap: int = 2500
     val_fraction: float = 0.3
@@ -53,6 +56,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0
     balance: str = "sampler"
     balance_power: float = 1.0
     balance_sources: bool = False
@@ -101,6 +105,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _ema_decay(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (0 disables), got {value}")
+    return value
+
+
 def _crop(text: str) -> float:
     try:
         return check_crop(float(text))
@@ -132,6 +143,28 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="keep the central square of this share of the shorter side before resizing "
         "(the cell is near the centre: 0.6 gives it 2.8x the pixels); 1 keeps the whole "
         "image. Recorded in the checkpoint, so scoring crops the same way",
+    )
+    model.add_argument(
+        "--low-res-size",
+        type=_positive_int,
+        default=d.low_res_size,
+        help="progressive resizing: the first --low-res-epochs of stage 2 train on the "
+        "images resized to this size (cheaper epochs; validation stays at --image-size)",
+    )
+    model.add_argument(
+        "--low-res-epochs",
+        type=_non_negative_int,
+        default=d.low_res_epochs,
+        help="stage-2 epochs trained at --low-res-size (needs --low-res-size)",
+    )
+    model.add_argument(
+        "--tta",
+        default=d.tta,
+        choices=TTA_MODES,
+        help="test-time augmentation: logits averaged over 'flips' (4 views) or all 8 "
+        "'dihedral' symmetries of the image, for the final calibration and evaluation. "
+        "Recorded in the checkpoint, so scoring averages the same views (at 4x / 8x the "
+        "model compute per image)",
     )
 
     data = parser.add_argument_group("data")
@@ -285,6 +318,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="cross-entropy label smoothing",
     )
 
+    optim.add_argument(
+        "--ema-decay",
+        type=_ema_decay,
+        default=d.ema_decay,
+        help="per-step decay of an exponential moving average of the weights (BatchNorm "
+        "statistics included), restarted at each stage; at a stage's end the average "
+        "replaces the last weights when its validation balanced accuracy is not lower. "
+        "1 - 1/(steps per epoch) spans about one epoch; 0 disables",
+    )
+
     run = parser.add_argument_group("runtime")
     run.add_argument("--seed", type=int, default=d.seed, help="seed for split, sampling, init")
     run.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1 (default: auto)")
@@ -328,6 +371,7 @@ def retraining_defaults(checkpoint: Checkpoint) -> dict[str, Any]:
         "arch": checkpoint["arch"],
         "image_size": int(checkpoint["input_size"]),
         "crop": checkpoint_crop(checkpoint),  # the same view of the cell as before
+        "tta": checkpoint_tta(checkpoint),
         "weights": "none",  # the backbone comes from the checkpoint itself
         "epochs_head": 0,
         "epochs_finetune": 10,  # from a trained model, not from ImageNet features
@@ -360,4 +404,7 @@ def parse_train_config(
 
 
 def config_from_namespace(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.from_dict(vars(args))
+    config = TrainConfig.from_dict(vars(args))
+    if config.low_res_epochs and config.low_res_size is None:
+        raise ValueError("--low-res-epochs needs --low-res-size")
+    return config

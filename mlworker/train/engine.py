@@ -45,7 +45,7 @@ from mlworker.model import (
     build_classifier,
     make_checkpoint,
 )
-from mlworker.presets import EvalPreset, TrainPreset, to_uint8_tensor
+from mlworker.presets import EvalPreset, TrainPreset, to_uint8_tensor, tta_views
 from mlworker.train.config import TrainConfig
 from mlworker.train.splits import class_counts
 
@@ -260,6 +260,47 @@ def lr_at(config: TrainConfig, base_lr: float, epoch: int, epochs: int) -> float
     return base_lr * config.lr_gamma ** (epoch // config.lr_step)
 
 
+class WeightAverage:
+    """Exponential moving average of a model's whole state: weights and BatchNorm buffers.
+
+    Bias-corrected like Adam's moments, so the average is over the steps it has seen
+    (the first update copies the model) and the weights it started from count for
+    nothing. Integer buffers (BatchNorm's batch counter) are copied, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        # avg_t = avg_{t-1} + (1 - d) / (1 - d^t) * (x_t - avg_{t-1})
+        step = (1 - self.decay) / (1 - self.decay**self.updates)
+        for key, value in model.state_dict().items():
+            average = self.state[key]
+            if average.is_floating_point():
+                average.lerp_(value.detach(), step)
+            else:
+                average.copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "decay": self.decay,
+            "updates": self.updates,
+            "state": {k: v.detach().cpu() for k, v in self.state.items()},
+        }
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        self.decay = float(saved["decay"])
+        self.updates = int(saved["updates"])
+        for key, value in saved["state"].items():
+            self.state[key].copy_(value)
+
+
 # --- one epoch -------------------------------------------------------------------------
 
 
@@ -327,6 +368,8 @@ def train_one_epoch(
     on_errors: Callable[[dict[int, str]], None],
     heartbeat: Callable[[float, float, float], None],
     bar_desc: str | None,
+    average: WeightAverage | None = None,
+    train_size: int | None = None,
 ) -> EpochStats:
     train_mode(model, scope)
     total_loss, correct, seen = 0.0, 0, 0
@@ -350,6 +393,10 @@ def train_one_epoch(
             if len(labels) == 0 or (len(labels) == 1 and scope != "head"):
                 continue  # BatchNorm cannot train on a single image (a last, short batch)
             x = runtime.prepare_batch(images)
+            if train_size is not None and x.shape[-1] != train_size:
+                x = F.interpolate(
+                    x, size=(train_size, train_size), mode="bilinear", antialias=True
+                ).contiguous(memory_format=torch.channels_last)
             y = labels.to(runtime.device, non_blocking=True)
             with runtime.autocast():
                 if scope == "head":
@@ -362,6 +409,8 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            if average is not None:
+                average.update(model)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss.item()}; lower --lr")
             total_loss += float(loss.detach()) * len(y)
@@ -387,9 +436,14 @@ def predict_logits(
     config: TrainConfig,
     runtime: Runtime,
     heartbeat: Callable[[], None] | None = None,
+    tta: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
-    """(logits (N, C) float32, labels, newly unreadable) for the readable images of ``data``."""
-    preset = EvalPreset(config.image_size, crop=config.crop)
+    """(logits (N, C) float32, labels, newly unreadable) for the readable images of ``data``.
+
+    ``tta``: logits averaged over those views of each image, as ``Scorer`` does for a
+    checkpoint trained with ``--tta``.
+    """
+    preset = EvalPreset(config.image_size, crop=config.crop, tta=tta)
     model.eval()
     out_logits: list[torch.Tensor] = []
     out_labels: list[torch.Tensor] = []
@@ -420,7 +474,8 @@ def predict_logits(
     with torch.inference_mode(), runtime.autocast():
         for images, labels in batches:
             x = preset.normalize(runtime.prepare_batch(images))
-            out_logits.append(model(x).float().cpu())
+            views = tta_views(x, preset.tta)
+            out_logits.append(torch.stack([model(v).float() for v in views]).mean(0).cpu())
             out_labels.append(labels)
             if heartbeat is not None:
                 heartbeat()
@@ -501,6 +556,8 @@ class _Run:
         self.model = self.runtime.prepare_model(self.model)  # type: ignore[assignment]
         self.weak: dict[str, Any] = {}
         self.pre_weak_state: dict[str, torch.Tensor] | None = None
+        self.average: WeightAverage | None = None  # the current stage's, with --ema-decay
+        self.ema_choice: dict[str, Any] = {}  # per stage: averaged or last weights kept
         self.resume = resume_state
         self.last_report = 0.0
         self.last_loss = 0.0
@@ -594,7 +651,7 @@ class _Run:
             "training images per class: %s", ", ".join(f"{c} {n}" for c, n in counts.items())
         )
 
-    def predict(self, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, runtime: Runtime, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
         stage, epoch, epochs = self.where
 
         def beat() -> None:  # validation of a large set can outlast the job watchdog
@@ -602,7 +659,7 @@ class _Run:
                 self.report(stage, epoch, epochs, math.nan, math.nan, "")
 
         logits, labels, unreadable = predict_logits(
-            self.model, self.val_data, self.config, runtime, heartbeat=beat
+            self.model, self.val_data, self.config, runtime, heartbeat=beat, tta=tta
         )
         for path, error in unreadable.items():
             if path not in self.unreadable:
@@ -652,11 +709,18 @@ class _Run:
         params = set_scope(self.model, scope)
         optimizer = _optimizer(params, config, base_lr)
         start = 0
+        resumed_average: dict[str, Any] = {}
         if self.resume is not None and self.resume["stage"] == stage:
             start = int(self.resume["epoch"])
             if start:
                 optimizer.load_state_dict(self.resume["optimizer"])
+                resumed_average = self.resume["ema"]
             self.resume = None
+        self.average = None
+        if config.ema_decay > 0 and epochs > 0:
+            self.average = WeightAverage(self.model, config.ema_decay)
+            if start and resumed_average:
+                self.average.load_state_dict(resumed_average)
         self.units_done += start
         criterion = self._criterion()
         for epoch in range(start, epochs):
@@ -670,6 +734,8 @@ class _Run:
             generator = torch.Generator().manual_seed(seed)
             order = self._order(generator, boost)
             n_batches = math.ceil(len(order) / config.batch_size)
+            low_res = stage == "finetune" and epoch < config.low_res_epochs
+            train_size = config.low_res_size if low_res else None
             stats = train_one_epoch(
                 self.model,
                 _batches_for_training(self.train_data, order, config, generator, self.bad_train),
@@ -681,6 +747,8 @@ class _Run:
                 on_errors=self._on_train_errors,
                 heartbeat=self.heartbeat(stage, epoch + 1, epochs),
                 bar_desc=f"{stage} {epoch + 1}/{epochs}" if self.progress_bar else None,
+                average=self.average,
+                train_size=train_size,
             )
             self.units_done += 1
             logits, labels = self.predict(self.runtime)
@@ -692,6 +760,7 @@ class _Run:
                 "epochs": epochs,
                 "scope": scope,
                 "lr": lr,
+                "train_size": train_size or config.image_size,
                 "train_loss": stats.loss,
                 "train_accuracy": stats.accuracy,
                 "val_loss": val_loss,
@@ -712,6 +781,43 @@ class _Run:
                 f"{report['accuracy']:.3f} bal {report['balanced_accuracy']:.3f} "
                 f"({record['seconds']:.0f} s)",
             )
+        if self.average is not None:
+            self.choose_average(stage, self.average)
+            self.average = None
+
+    def choose_average(self, stage: str, average: WeightAverage) -> None:
+        """Keep the weight average instead of the last weights when it is not worse.
+
+        A short run's validation figure moves by several points from one epoch to the
+        next; the average over about the last epoch's steps is steadier.
+        """
+        last = self.history[-1]
+        assert last["stage"] == stage
+        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(average.state)
+        logits, labels = self.predict(self.runtime)
+        averaged = float(report_for(logits, labels)["balanced_accuracy"])
+        kept = averaged >= last["val_balanced_accuracy"]
+        if not kept:
+            self.model.load_state_dict(trained)
+        last["val_balanced_accuracy_ema"] = averaged
+        self.ema_choice[stage] = {
+            "decay": average.decay,
+            "steps": average.updates,
+            "balanced_accuracy_last": last["val_balanced_accuracy"],
+            "balanced_accuracy_average": averaged,
+            "kept": "average" if kept else "last",
+        }
+        self.report(
+            stage,
+            last["epoch"],
+            last["epochs"],
+            math.nan,
+            math.nan,
+            f"{stage}: weight average (decay {average.decay:g}, {average.updates} steps) "
+            f"balanced accuracy {averaged:.3f} vs last weights "
+            f"{last['val_balanced_accuracy']:.3f}: {'average' if kept else 'last'} kept",
+        )
 
     def save_state(self, stage: str, epoch: int, optimizer: torch.optim.Optimizer | None) -> None:
         if self.state_path is None:
@@ -723,6 +829,8 @@ class _Run:
             "epoch": epoch,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            "ema": self.average.state_dict() if self.average is not None else {},
+            "ema_choice": self.ema_choice,
             "history": self.history,
             "weak": self.weak,
             "pre_weak_model": self.pre_weak_state or {},
@@ -742,8 +850,10 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.history = list(state["history"])
         self.weak = dict(state["weak"])
+        self.ema_choice = dict(state.get("ema_choice", {}))
         self.pre_weak_state = dict(state["pre_weak_model"]) or None
         self.resume = {k: state[k] for k in ("stage", "epoch", "optimizer")}
+        self.resume["ema"] = state.get("ema", {})
         done_stage = STAGES.index(state["stage"])
         self.units_done = float(sum(self.planned[s] for s in STAGES[:done_stage]))
         logger.info("resuming after %s epoch %d", state["stage"], state["epoch"])
@@ -834,7 +944,8 @@ class _Run:
     def finish(self) -> TrainResult:
         config = self.config
         self.where = ("calibrate", 0, 1)
-        logits, labels = self.predict(self.eval_runtime)
+        # calibrated and evaluated exactly as Scorer will run this checkpoint (its --tta)
+        logits, labels = self.predict(self.eval_runtime, config.tta)
         calibration: dict[str, Any] = {}
         temperature = 1.0
         if config.calibrate:
@@ -849,6 +960,7 @@ class _Run:
         metrics["calibration"] = calibration
         metrics["weak_classes"] = self.weak or {"before": [], "after": [], "ran": False}
         metrics["history"] = self.history
+        metrics["ema"] = self.ema_choice
         metrics["train_counts"] = class_counts(self.train_data.samples)
         metrics["val_counts"] = class_counts(self.val_data.samples)
         metrics["unreadable"] = dict(sorted(self.unreadable.items()))

@@ -419,15 +419,9 @@ def test_no_weak_class_means_no_weak_pass(learnt_colours) -> None:
     assert result.metrics["weak_classes"]["ran"] is False and result.history == []
 
 
-def test_fit_is_deterministic_with_a_seed_and_resumes_exactly(tmp_path: Path) -> None:
-    samples = colour_samples(tmp_path, 6, codes=("NE", "LY", "MO"))
-    train, val = samples[::2], samples[1::2]
-    config = tiny_config(epochs_head=1, epochs_finetune=2, epochs_weak=1, weak_threshold=1.01)
-    first = fit(train, val, config)
-    second = fit(train, val, config)
-    for key, value in first.checkpoint["model"].items():
-        assert torch.equal(second.checkpoint["model"][key], value), key
-
+def _stopped_after_first_finetune_epoch_and_resumed(
+    train: list[Sample], val: list[Sample], config: TrainConfig, tmp_path: Path
+):
     class Stop(Exception):
         pass
 
@@ -438,7 +432,19 @@ def test_fit_is_deterministic_with_a_seed_and_resumes_exactly(tmp_path: Path) ->
     state = tmp_path / "state.pt"
     with pytest.raises(Stop):
         fit(train, val, config, progress=stop_after_first_finetune_epoch, state_path=state)
-    resumed = fit(train, val, config, resume_state=load_state(state), state_path=state)
+    return fit(train, val, config, resume_state=load_state(state), state_path=state)
+
+
+def test_fit_is_deterministic_with_a_seed_and_resumes_exactly(tmp_path: Path) -> None:
+    samples = colour_samples(tmp_path, 6, codes=("NE", "LY", "MO"))
+    train, val = samples[::2], samples[1::2]
+    config = tiny_config(epochs_head=1, epochs_finetune=2, epochs_weak=1, weak_threshold=1.01)
+    first = fit(train, val, config)
+    second = fit(train, val, config)
+    for key, value in first.checkpoint["model"].items():
+        assert torch.equal(second.checkpoint["model"][key], value), key
+
+    resumed = _stopped_after_first_finetune_epoch_and_resumed(train, val, config, tmp_path)
     assert [(h["stage"], h["epoch"]) for h in resumed.history] == [
         ("head", 1),
         ("finetune", 1),
@@ -569,3 +575,114 @@ def test_the_crop_is_recorded_in_the_checkpoint_and_kept_when_retraining(tmp_pat
     assert checkpoint_crop(_start_checkpoint()) == 1.0  # older checkpoints: the whole image
     with pytest.raises(ValueError, match=r"between 0\.1 and 1"):
         parse_train_config(["--crop", "0"])
+
+
+# --- weight averaging and test-time augmentation ---------------------------------------
+
+
+def test_weight_average_is_the_bias_corrected_mean_of_the_steps() -> None:
+    from mlworker.train.engine import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    decay = 0.9
+    average = WeightAverage(model, decay)
+    values = [1.0, 3.0, -2.0]
+    for step, value in enumerate(values, start=1):
+        with torch.no_grad():
+            model[0].weight.fill_(value)
+            model[1].running_mean.fill_(value)
+            model[1].num_batches_tracked.fill_(step)
+        average.update(model)
+    # weights d^(T-t) (1 - d), normalised: the starting weights count for nothing
+    raw = [decay ** (len(values) - t) * (1 - decay) for t in range(1, len(values) + 1)]
+    expected = sum(w * v for w, v in zip(raw, values, strict=True)) / sum(raw)
+    for key in ("0.weight", "1.running_mean"):
+        assert torch.allclose(average.state[key], torch.full_like(average.state[key], expected))
+    assert int(average.state["1.num_batches_tracked"]) == 3  # counters copied, not averaged
+
+
+def test_ema_is_chosen_per_stage_and_resumes_exactly(tmp_path: Path) -> None:
+    samples = colour_samples(tmp_path, 8, codes=("NE", "LY", "MO"))  # 12 training: 8 + 4
+    train, val = samples[::2], samples[1::2]
+    config = tiny_config(
+        epochs_head=1, epochs_finetune=2, epochs_weak=1, weak_threshold=1.01, ema_decay=0.5
+    )
+    first = fit(train, val, config)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    assert set(first.metrics["ema"]) == {"head", "finetune", "weak"}
+    finetune = first.metrics["ema"]["finetune"]
+    assert finetune["steps"] == 2 * steps_per_epoch and finetune["kept"] in ("average", "last")
+    last_finetune = [h for h in first.history if h["stage"] == "finetune"][-1]
+    assert last_finetune["val_balanced_accuracy_ema"] == finetune["balanced_accuracy_average"]
+    kept = max(finetune["balanced_accuracy_average"], finetune["balanced_accuracy_last"])
+    if finetune["kept"] == "average":
+        assert finetune["balanced_accuracy_average"] >= finetune["balanced_accuracy_last"]
+    else:
+        assert finetune["balanced_accuracy_average"] < finetune["balanced_accuracy_last"]
+    assert first.metrics["weak_classes"]["balanced_accuracy_before"] == kept
+
+    resumed = _stopped_after_first_finetune_epoch_and_resumed(train, val, config, tmp_path)
+    assert resumed.metrics["ema"] == first.metrics["ema"]
+    for key, value in first.checkpoint["model"].items():
+        assert torch.equal(resumed.checkpoint["model"][key], value), key
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        parse_train_config(["--ema-decay", "1"])
+
+
+def test_tta_views_are_the_symmetries_of_the_square() -> None:
+    from mlworker.presets import tta_views
+
+    image = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert len(tta_views(image, "none")) == 1
+    for mode, count in (("flips", 4), ("dihedral", 8)):
+        views = tta_views(image, mode)
+        assert torch.equal(views[0], image) and len(views) == count
+        assert len({tuple(v.flatten().tolist()) for v in views}) == count  # all different
+    # the dihedral set is closed under a quarter turn: the same views, in another order
+    turned = {tuple(v.flatten().tolist()) for v in tta_views(image.rot90(1, (2, 3)), "dihedral")}
+    assert turned == {tuple(v.flatten().tolist()) for v in tta_views(image, "dihedral")}
+    with pytest.raises(ValueError, match="tta must be one of"):
+        tta_views(image, "rotate")
+
+
+def test_tta_is_recorded_and_scoring_repeats_what_training_measured(tmp_path: Path) -> None:
+    from mlworker.device import choose_runtime
+    from mlworker.model import checkpoint_tta
+    from mlworker.score import Scorer
+
+    samples = colour_samples(tmp_path, 6, codes=("NE", "LY", "MO"))
+    train, val = samples[::2], samples[1::2]
+    config = tiny_config(epochs_head=0, epochs_finetune=2, epochs_weak=0, tta="dihedral")
+    result = fit(train, val, config)
+    checkpoint = result.checkpoint
+    assert checkpoint_tta(checkpoint) == "dihedral"
+    assert parse_train_config([], init_checkpoint=checkpoint).tta == "dihedral"
+    cpu = choose_runtime("cpu", "fp32")
+    scores = Scorer(checkpoint, runtime=cpu).score(result.val_samples, num_workers=0)
+    scored = np.stack([s.probabilities for s in scores])
+    assert np.allclose(scored, result.val_probabilities, atol=1e-4)  # what training measured
+    report = evaluate_samples(checkpoint, result.val_samples, runtime=cpu)
+    assert report["balanced_accuracy"] == result.metrics["balanced_accuracy"]
+    # the views are really averaged: a quarter-turned image scores the same ...
+    image = torch.from_numpy(np.asarray(Image.open(val[0].path).convert("RGB"))).permute(2, 0, 1)
+    image = image[:, :32, :32].contiguous()  # at the input size: no resize to round differently
+    upright, turned = Scorer(checkpoint, runtime=cpu).score([image, image.rot90(1, (1, 2))])
+    assert np.allclose(upright.probabilities, turned.probabilities, atol=1e-5)
+    # ... and without TTA the same weights give other probabilities
+    plain = {**checkpoint, "args": {**checkpoint["args"], "tta": "none"}}
+    plain_scores = Scorer(plain, runtime=cpu).score(result.val_samples, num_workers=0)
+    assert not np.allclose(np.stack([s.probabilities for s in plain_scores]), scored, atol=1e-4)
+    assert checkpoint_tta(_start_checkpoint()) == "none"  # older checkpoints: no TTA
+
+
+def test_low_res_epochs_train_smaller_images_then_the_full_size(tmp_path: Path) -> None:
+    samples = colour_samples(tmp_path, 6)
+    config = tiny_config(
+        epochs_head=0, epochs_finetune=3, epochs_weak=0, low_res_size=16, low_res_epochs=2
+    )
+    result = fit(samples[::2], samples[1::2], config)
+    assert [h["train_size"] for h in result.history] == [16, 16, 32]
+    assert result.checkpoint["input_size"] == 32  # scoring and validation: the full size
+    assert parse_train_config(["--low-res-size", "64", "--low-res-epochs", "4"]).low_res_epochs == 4
+    with pytest.raises(ValueError, match="needs --low-res-size"):
+        parse_train_config(["--low-res-epochs", "4"])
