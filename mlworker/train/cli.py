@@ -142,14 +142,17 @@ def write_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     x = list(range(1, len(history) + 1))
+
+    def validated(key: str) -> tuple[list[int], list[float]]:  # --val-every skips epochs
+        points = [(i, h[key]) for i, h in zip(x, history, strict=True) if h[key] is not None]
+        return [i for i, _ in points], [v for _, v in points]
+
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
     for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
         ax.plot(x, [h[f"train_{key}"] for h in history], "o-", label="train (augmented)")
-        ax.plot(x, [h[f"val_{key}"] for h in history], "s-", label="validation")
+        ax.plot(*validated(f"val_{key}"), "s-", label="validation")
         if key == "accuracy":
-            ax.plot(
-                x, [h["val_balanced_accuracy"] for h in history], "^--", label="validation balanced"
-            )
+            ax.plot(*validated("val_balanced_accuracy"), "^--", label="validation balanced")
         previous = None
         for i, h in enumerate(history, start=1):
             if h["stage"] != previous:

@@ -751,9 +751,25 @@ class _Run:
                 train_size=train_size,
             )
             self.units_done += 1
-            logits, labels = self.predict(self.runtime)
-            val_loss = float(F.cross_entropy(logits, labels))
-            report = report_for(logits, labels)
+            # a stage's last epoch is always validated: the weight average and the weak
+            # pass compare against it
+            validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == epochs
+            val: dict[str, float | None] = dict.fromkeys(
+                ("val_loss", "val_accuracy", "val_balanced_accuracy")
+            )
+            summary = "not validated (--val-every)"
+            if validate:
+                logits, labels = self.predict(self.runtime)
+                report = report_for(logits, labels)
+                val = {
+                    "val_loss": float(F.cross_entropy(logits, labels)),
+                    "val_accuracy": report["accuracy"],
+                    "val_balanced_accuracy": report["balanced_accuracy"],
+                }
+                summary = (
+                    f"val loss {val['val_loss']:.3f} acc {val['val_accuracy']:.3f} "
+                    f"bal {val['val_balanced_accuracy']:.3f}"
+                )
             record = {
                 "stage": stage,
                 "epoch": epoch + 1,
@@ -763,9 +779,7 @@ class _Run:
                 "train_size": train_size or config.image_size,
                 "train_loss": stats.loss,
                 "train_accuracy": stats.accuracy,
-                "val_loss": val_loss,
-                "val_accuracy": report["accuracy"],
-                "val_balanced_accuracy": report["balanced_accuracy"],
+                **val,
                 "seconds": round(time.monotonic() - started, 2),
             }
             self.history.append(record)
@@ -777,9 +791,7 @@ class _Run:
                 stats.loss,
                 stats.accuracy,
                 f"{stage} {epoch + 1}/{epochs} lr {lr:.2g}: train loss {stats.loss:.3f} "
-                f"acc {stats.accuracy:.3f} | val loss {val_loss:.3f} acc "
-                f"{report['accuracy']:.3f} bal {report['balanced_accuracy']:.3f} "
-                f"({record['seconds']:.0f} s)",
+                f"acc {stats.accuracy:.3f} | {summary} ({record['seconds']:.0f} s)",
             )
         if self.average is not None:
             self.choose_average(stage, self.average)

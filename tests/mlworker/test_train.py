@@ -686,3 +686,14 @@ def test_low_res_epochs_train_smaller_images_then_the_full_size(tmp_path: Path) 
     assert parse_train_config(["--low-res-size", "64", "--low-res-epochs", "4"]).low_res_epochs == 4
     with pytest.raises(ValueError, match="needs --low-res-size"):
         parse_train_config(["--low-res-epochs", "4"])
+
+
+def test_val_every_skips_validation_but_never_at_a_stage_end(tmp_path: Path) -> None:
+    from mlworker.train.cli import write_training_curves
+
+    samples = colour_samples(tmp_path, 6)
+    config = tiny_config(epochs_head=0, epochs_finetune=3, epochs_weak=0, val_every=2)
+    result = fit(samples[::2], samples[1::2], config)
+    assert [h["val_balanced_accuracy"] is not None for h in result.history] == [False, True, True]
+    assert result.history[0]["val_loss"] is None and result.history[0]["train_loss"] > 0
+    assert write_training_curves(result.history, tmp_path / "curves.png").stat().st_size > 0
