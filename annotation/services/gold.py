@@ -125,6 +125,18 @@ def gold_cell_retire(*, user: UserLike | None, cell_id: int) -> GoldCell:
     return gold
 
 
+def gold_item_return(item: ReviewItem, *, now: datetime) -> bool:
+    """Where a leased item would go back to the queue: a gold item is cancelled instead
+    (it was meant for one reader only) and True is returned; the caller saves it."""
+    if not item.is_gold:
+        return False
+    item.status = ReviewItem.Status.CANCELLED
+    item.closed_at = now
+    item.leased_to = None
+    item.lease_expires_at = None
+    return True
+
+
 def gold_items_mix(
     *,
     user: UserLike,
@@ -140,12 +152,10 @@ def gold_items_mix(
     queue holds ordinary work for them (an empty queue never produces a cell), and only
     gold cells they have never been given, read or marked.
 
-    Gold items are never shared: one that went back to the queue (released, skipped,
-    lease expired) is cancelled here, before anyone's ordinary query could take it.
+    Gold items are never shared: one that would go back to the queue (released, skipped,
+    lease expired) is cancelled instead (``gold_item_return``), so no ordinary query can
+    take it.
     """
-    ReviewItem.objects.filter(is_gold=True, status=ReviewItem.Status.QUEUED).update(
-        status=ReviewItem.Status.CANCELLED, closed_at=now
-    )
     config = config or routing_config_get()
     if config.gold_rate <= 0:
         return []

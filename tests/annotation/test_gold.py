@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -216,12 +218,44 @@ def test_nobody_gets_the_same_gold_cell_twice(world) -> None:
         else:
             rq.review_item_submit(item_id=item.pk, user=a, code="LY")
     assert sorted(given) == sorted({g.cell_id for g in world["golds"][:3]})
-    assert ReviewItem.objects.filter(is_gold=True, status="queued").count() <= 1
+    # Gold items never wait in the queue: a released one is cancelled at once.
+    assert not ReviewItem.objects.filter(is_gold=True, status="queued").exists()
+    assert ReviewItem.objects.filter(is_gold=True, status="cancelled").count() == len(given)
     # Another reader still gets them, each once, but not the one they labelled.
     seen_by_b = [item.cell_id for item in _work(b, 40) if item.is_gold]
     assert sorted(seen_by_b) == sorted(g.cell_id for g in world["golds"][1:3])
     # Nor does the admin who marked them.
     assert not any(item.is_gold for item in _work(world["users"]["boss"], 20))
+
+
+def test_skipped_or_expired_gold_items_are_cancelled_not_queued(world) -> None:
+    a = world["users"]["a"]
+    routing_config_update(user=None, gold_rate=0.5)
+    gold_rng_seed(seed=5)
+    golds = []
+    while len(golds) < 2:
+        item = rq.review_item_next(user=a)
+        assert item is not None
+        if not item.is_gold:
+            rq.review_item_submit(item_id=item.pk, user=a, code="LY")
+        elif not golds:
+            golds.append(item)
+            rq.review_item_skip(item_id=item.pk, user=a)
+        else:
+            golds.append(item)
+    skipped, expiring = golds
+    ReviewItem.objects.filter(pk=expiring.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert rq.review_leases_expire() == 1
+    for item in (skipped, expiring):
+        item.refresh_from_db()
+        assert (item.status, item.leased_to_id, item.closed_at is not None) == (
+            "cancelled",
+            None,
+            True,
+        )
+    assert not ReviewItem.objects.filter(is_gold=True, status="queued").exists()
 
 
 def test_gold_cells_are_mixed_only_into_a_queue_with_ordinary_work(world) -> None:
