@@ -11,7 +11,8 @@ REST_FRAMEWORK = {
     # Token first: an anonymous request then gets 401 with `WWW-Authenticate: Token`
     # rather than a bare 403. Session auth (with CSRF) is for the browser UI.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # DRF's token authentication, in two SQL queries with the roles (authentication.py)
+        "annotation.api.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     # Every view declares its roles (annotation/api/permissions.py); one that forgets is

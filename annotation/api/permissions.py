@@ -42,12 +42,17 @@ def user_roles(user: Any) -> frozenset[str]:
     cached = getattr(user, "_wbc_roles", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    names = set(user.groups.values_list("name", flat=True))
-    if user.is_superuser:
-        names.add(ADMIN)
-    roles = frozenset(names & EVERYONE)
+    roles = roles_from_groups(user.groups.values_list("name", flat=True), user.is_superuser)
     user._wbc_roles = roles
     return roles
+
+
+def roles_from_groups(group_names: Iterable[str], is_superuser: bool) -> frozenset[str]:
+    """The roles among a user's group names; a superuser counts as an admin."""
+    names = set(group_names)
+    if is_superuser:
+        names.add(ADMIN)
+    return frozenset(names & EVERYONE)
 
 
 class RolePermission(BasePermission):

@@ -92,6 +92,37 @@ def test_token_clients_are_throttled_sessions_are_not(monkeypatch, clients, user
         cache.clear()
 
 
+def test_token_throttle_slides_and_does_not_count_refusals(monkeypatch, clients, users) -> None:
+    """Two fixed windows make a sliding one: the last window's count weighs by how much
+    of it the sliding window still covers; refused requests are not counted."""
+    from annotation.api.throttling import TokenClientThrottle
+
+    monkeypatch.setattr(TokenClientThrottle, "THROTTLE_RATES", {"token": "3/min"})
+    now = [60.0 * 1_000_000 + 10]  # 10 s into a window
+    monkeypatch.setattr(TokenClientThrottle, "timer", staticmethod(lambda: now[0]))
+    cache.clear()
+    client = clients["data_scientist"]
+    try:
+        assert [client.get("/api/cases/").status_code for _ in range(5)] == [200] * 3 + [429] * 2
+        # Nothing from the last window, so the wait is to this window's end (50 s; the
+        # message rounds up).
+        assert (
+            "Retry in 51 "
+            in assert_error_shape(client.get("/api/cases/"), 429, "throttled")["message"]
+        )
+        # Half-way through the next window the last one's 3 weigh 1.5 (had the three
+        # refused requests counted, 3 and this one would be refused).
+        now[0] += 80
+        assert client.get("/api/cases/").status_code == 200  # 1.5 + 1
+        refused = assert_error_shape(client.get("/api/cases/"), 429, "throttled")  # 1.5 + 2
+        # 0.5 over the limit; the last window's 3 lose 0.5 of weight in 10 s.
+        assert "Retry in 11 " in refused["message"]
+        now[0] += 10
+        assert client.get("/api/cases/").status_code == 200
+    finally:
+        cache.clear()
+
+
 def test_issue_token_prints_rotates_and_revokes(users) -> None:
     out = io.StringIO()
     call_command("issue_token", "u_admin", stdout=out)
