@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, require_service, worker_env
+from tests.conftest import IN_CI, require_service
 from tests.paths import REPO_ROOT
+from tests.servers import free_port, uvicorn_server
 
 # Playwright's sync API runs an event loop on the test's thread; Django would then refuse
 # ORM calls made by the test itself (seeding, checks) as "async unsafe". They are not
@@ -67,53 +65,24 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live_server_url(
     redis_url: str, tmp_path: Path, settings: Any, transactional_db: None
 ) -> Iterator[str]:
     """uvicorn (HTTP and websockets) on a free loopback port, on the test database and
     this test's media folder."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
-    env = worker_env(
-        redis_url,
-        Path(str(settings.MEDIA_ROOT)),
-        {"WBC_DATA_DIR": str(tmp_path / "data"), "ALLOWED_HOSTS": "127.0.0.1,localhost"},
-    )
-    cmd = [
-        sys.executable, "-m", "uvicorn", "wbcportal.asgi:application",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=fh, stderr=fh)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health/", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start within 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
+        with uvicorn_server(
+            redis_url=redis_url,
+            media_root=Path(str(settings.MEDIA_ROOT)),
+            log=log,
+            port=port,
+            extra_env={"ALLOWED_HOSTS": "127.0.0.1,localhost"},
+        ) as url:
+            yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         if IN_CI and log.exists():
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log, ARTIFACTS / f"server-{port}.log")

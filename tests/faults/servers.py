@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,14 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import worker_env
-from tests.paths import REPO_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.servers import free_port, uvicorn_server
 
 
 def http(
@@ -51,45 +42,16 @@ def web_server(
     *, redis_url: str, media_root: Path, log: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[str]:
     """uvicorn on a free port; yields its base URL once it answers /health/ at all."""
-    port = free_port()
-    env = worker_env(
-        redis_url,
-        media_root,
-        {
-            "WBC_DATA_DIR": str(log.parent / "data"),
-            "ALLOWED_HOSTS": "127.0.0.1",
-            **(extra_env or {}),
-        },
-    )
-    cmd = [
-        sys.executable, "-m", "uvicorn", "wbcportal.asgi:application",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=fh, stderr=fh)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
-            try:
-                # with the pool, an unreachable database answers only after its 10 s wait
-                http("GET", f"{url}/health/", timeout=30)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"server not up in 60 s:\n{log.read_text()[-3000:]}"
-                    ) from None
-                time.sleep(0.3)
+    with uvicorn_server(
+        redis_url=redis_url,
+        media_root=media_root,
+        log=log,
+        extra_env=extra_env,
+        any_status=True,
+        # with the pool, an unreachable database answers only after its 10 s wait
+        probe_timeout=30,
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 class PrivateRedis:
