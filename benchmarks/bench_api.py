@@ -251,6 +251,55 @@ def floor_loop(
         rec.latencies.extend(local)
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out + [g for c in out for g in _children(c)]
+
+
+def cpu_snapshot(server_pid: int, db_name: str) -> dict[str, dict[int, float]]:
+    """CPU seconds so far, per process, of the web server (uvicorn and its workers), the
+    PostgreSQL backends serving the scratch database, and this process (the load
+    generator)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [db_name],
+        )
+        backends = [row[0] for row in cursor.fetchall()]
+    return {
+        "server": {p: _proc_cpu_s(p) for p in [server_pid, *_children(server_pid)]},
+        "postgres": {p: _proc_cpu_s(p) for p in backends},
+        "clients": {0: time.process_time()},
+    }
+
+
+def cpu_used(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> dict[str, float]:
+    """CPU seconds per part between two snapshots (processes started in between count
+    from zero; ones that ended in between are lost, which only undercounts)."""
+    return {
+        part: sum(v - before.get(part, {}).get(p, 0.0) for p, v in procs.items())
+        for part, procs in after.items()
+    }
+
+
 def run(
     base: str, tokens: list[str], duration: float, rec: Recorder, loop: object = None
 ) -> tuple[float, int]:
@@ -317,7 +366,12 @@ def main() -> None:
     parser.add_argument(
         "--baseline-duration", type=float, default=15.0, help="seconds, one-client run"
     )
-    parser.add_argument("--workers", type=int, default=4, help="uvicorn worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="uvicorn worker processes (docker-compose.yml's default; 4 measured slower on 2 cores)",
+    )
     parser.add_argument(
         "--floor-duration",
         type=float,
@@ -357,11 +411,23 @@ def main() -> None:
         phases.append((f"{args.clients} clients", tokens, args.duration, None))
         for name, toks, duration, loop in phases:
             rec = Recorder()
+            before = cpu_snapshot(server.pid, args.db)
             elapsed, n = run(base, toks, duration, rec, loop)
+            used = cpu_used(before, cpu_snapshot(server.pid, args.db))
             recs.append(rec)
             lat = rec.latencies
+            per_request = {part: 1000 * s / max(n, 1) for part, s in used.items()}
             results.append(
-                (name, n, elapsed, n / elapsed, pct(lat, 50), pct(lat, 95), pct(lat, 99))
+                (
+                    name,
+                    n,
+                    elapsed,
+                    n / elapsed,
+                    pct(lat, 50),
+                    pct(lat, 95),
+                    pct(lat, 99),
+                    per_request,
+                )
             )
         age = "as settings" if args.conn_max_age is None else args.conn_max_age
         print(
@@ -369,10 +435,14 @@ def main() -> None:
             f"cells, next -> submit{', no broadcast' if args.no_broadcast else ''}"
         )
         print(
-            f"{'run':22s} {'requests':>9s} {'s':>6s} {'req/s':>7s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s}"
+            f"{'run':22s} {'requests':>9s} {'s':>6s} {'req/s':>7s} {'p50 ms':>7s} {'p95 ms':>7s} "
+            f"{'p99 ms':>7s}  CPU ms per request: server / postgres / clients"
         )
-        for name, n, elapsed, rps, p50, p95, p99 in results:
-            print(f"{name:22s} {n:9d} {elapsed:6.1f} {rps:7.1f} {p50:7.1f} {p95:7.1f} {p99:7.1f}")
+        for name, n, elapsed, rps, p50, p95, p99, cpu in results:
+            print(
+                f"{name:22s} {n:9d} {elapsed:6.1f} {rps:7.1f} {p50:7.1f} {p95:7.1f} {p99:7.1f}  "
+                f"{cpu['server']:5.1f} / {cpu['postgres']:4.1f} / {cpu['clients']:4.1f}"
+            )
         problems = verify(recs)
         labels = sum(len(r.submitted) for r in recs)
         if problems:
@@ -382,7 +452,7 @@ def main() -> None:
         print(
             f"goal p95 <= 50 ms ({args.clients} clients): {'met' if results[-1][5] <= 50 else 'NOT met'}"
         )
-        base_p95, p95 = results[0][5], results[-1][5]
+        base_p95, p95, cpu = results[0][5], results[-1][5], results[-1][7]
         summary = {
             "name": "api",
             "figure": round(p95, 1),
@@ -393,6 +463,8 @@ def main() -> None:
             "ratio": round(base_p95 / p95, 2) if p95 else None,
             "command": "benchmarks/bench_api.py " + " ".join(sys.argv[1:]),
             "note": f"{args.clients} clients next -> submit, {results[-1][3]:.1f} req/s; "
+            f"CPU per request: server {cpu['server']:.1f} ms, PostgreSQL {cpu['postgres']:.1f} "
+            f"ms, clients {cpu['clients']:.1f} ms; "
             f"baseline: one client; {labels} labels verified exactly once"
             + (
                 f"; floor (GET /api/auth/me/, {args.clients} clients): p95 {results[1][5]:.0f} ms"
