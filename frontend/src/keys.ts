@@ -1,7 +1,9 @@
 // Keyboard mapping for the labelling and review screens. Class keys come from the server
 // (mlworker/taxonomy.py through the page's boot JSON); this module only adds the
 // commands and refuses a taxonomy whose keys would collide with them.
+import { useEffect, useRef } from "preact/hooks";
 import type { CellClass } from "./types";
+import { dialogOpen } from "./ui";
 
 export type KeyAction =
   | { kind: "label"; code: string }
@@ -86,6 +88,33 @@ export function isTypingTarget(target: EventTarget | null): boolean {
   if (tag !== "input") return false;
   const type = ((el as HTMLInputElement).type || "text").toLowerCase();
   return !["button", "checkbox", "radio", "submit", "reset", "file", "range"].includes(type);
+}
+
+/** A screen's keyboard: while it is mounted, a key press that means one of `kinds` (all
+ * of them when omitted) goes to `perform`, the latest one rendered. Left alone: presses
+ * while a dialog is open or in a form field, and Enter on a focused control, which
+ * activates it. */
+export function useKeyActions(
+  keymap: KeyMap | Error,
+  perform: (action: KeyAction, event: KeyboardEvent) => void,
+  kinds?: readonly KeyAction["kind"][],
+): void {
+  const latest = useRef(perform);
+  latest.current = perform;
+  useEffect(() => {
+    if (keymap instanceof Error) return;
+    const onKey = (e: KeyboardEvent) => {
+      if (dialogOpen() || isTypingTarget(e.target)) return;
+      const action = keyAction(e, keymap);
+      if (!action || (kinds && !kinds.includes(action.kind))) return;
+      const onControl = (e.target as HTMLElement | null)?.closest?.("button, a, summary, select");
+      if (action.kind === "accept" && onControl) return;
+      e.preventDefault();
+      latest.current(action, e);
+    };
+    document.addEventListener("keydown", onKey);
+    return () => document.removeEventListener("keydown", onKey);
+  }, []);
 }
 
 /** The key shown on screen for a key name. */

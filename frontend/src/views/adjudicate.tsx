@@ -6,11 +6,11 @@ import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { ApiError, get, post } from "../api";
 import { CellViewer, ViewerTools, loadOverlay, useOverlayCanvas, zoomBy } from "../components/viewer";
 import type { Events } from "../events";
-import { buildKeyMap, isTypingTarget, keyAction, type KeyAction, type KeyMap } from "../keys";
+import { buildKeyMap, useKeyActions, type KeyAction, type KeyMap } from "../keys";
 import { formatPercent, reasonText } from "../labelling";
 import { nextItem, readTally } from "../trust";
 import type { AdjudicationItem, Boot, CellDetail, Label } from "../types";
-import { Kbd, dialogOpen, showError, showInfo } from "../ui";
+import { Kbd, showError, showInfo } from "../ui";
 import { Palette } from "./label";
 
 interface Shown {
@@ -141,21 +141,7 @@ export function AdjudicateScreen({ boot, events }: { boot: Boot; events: Events 
         break; // accept, undo, flag: the labelling screen's, with no meaning here
     }
   };
-  const latest = useRef(perform);
-  latest.current = perform;
-
-  useEffect(() => {
-    if (keymap instanceof Error) return;
-    const onKey = (e: KeyboardEvent) => {
-      if (dialogOpen() || isTypingTarget(e.target)) return;
-      const action = keyAction(e, keymap);
-      if (!action || !["label", "skip", "outlines", "zoom"].includes(action.kind)) return;
-      e.preventDefault();
-      latest.current(action);
-    };
-    document.addEventListener("keydown", onKey);
-    return () => document.removeEventListener("keydown", onKey);
-  }, []);
+  useKeyActions(keymap, perform, ["label", "skip", "outlines", "zoom"]);
 
   if (keymap instanceof Error) {
     return <p class="message error" role="alert">The class keys cannot be used: {keymap.message}</p>;

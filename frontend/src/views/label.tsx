@@ -5,11 +5,11 @@ import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/ho
 import { csrfToken, get, post } from "../api";
 import { CellViewer, ViewerTools, loadOverlay, useOverlayCanvas, zoomBy } from "../components/viewer";
 import type { Events } from "../events";
-import { buildKeyMap, isTypingTarget, keyAction, type KeyAction, type KeyMap } from "../keys";
+import { buildKeyMap, useKeyActions, type KeyAction, type KeyMap } from "../keys";
 import { formatPercent, normaliseLease, reasonText, topClasses } from "../labelling";
 import { LabelQueue, type QueueApi } from "../queue";
 import type { Boot, CellDetail, Label, QueueCounts, ReviewItem } from "../types";
-import { Kbd, dialogOpen, showError, showInfo } from "../ui";
+import { Kbd, showError, showInfo } from "../ui";
 
 const api: QueueApi = {
   lease: async (count) => normaliseLease(await post<unknown>("/api/queue/next/", { count })),
@@ -174,20 +174,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
     }
   };
 
-  useEffect(() => {
-    if (keymap instanceof Error) return;
-    const onKey = (e: KeyboardEvent) => {
-      if (dialogOpen() || isTypingTarget(e.target)) return;
-      const action = keyAction(e, keymap);
-      if (!action) return;
-      const onControl = (e.target as HTMLElement | null)?.closest?.("button, a, summary, select");
-      if (action.kind === "accept" && onControl) return; // Enter activates the focused control
-      e.preventDefault();
-      perform(action, e.timeStamp || performance.now());
-    };
-    document.addEventListener("keydown", onKey);
-    return () => document.removeEventListener("keydown", onKey);
-  }, []);
+  useKeyActions(keymap, (action, e) => perform(action, e.timeStamp || performance.now()));
 
   // keypress -> next cell rendered: measured once the new image is on screen (painted).
   useLayoutEffect(() => {
