@@ -174,12 +174,9 @@ def review_item_submit(*, item_id: int, user: UserLike, code: str) -> Label:
         if item.is_gold:
             label = cell_label_gold_read_create(item=item, code=code, annotator=user)
         elif item.labels_required <= 1:
+            # cell_label_create closes the cell's open item held by this user - this one
+            # (status done, the label, closed_at) - in the same transaction.
             label = cell_label_create(cell_id=item.cell_id, code=code, annotator=user)
-            item.status = ReviewItem.Status.DONE
-            item.label = label
-            item.closed_at = timezone.now()
-            item.lease_expires_at = None
-            item.save(update_fields=["status", "label", "closed_at", "lease_expires_at"])
         else:
             label = _independent_read(item=item, user=user, code=code)
         transaction.on_commit(queue_changed)

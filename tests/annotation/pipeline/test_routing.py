@@ -161,6 +161,7 @@ def test_submit_closes_the_item_and_labels_the_cell(queue_of_three) -> None:
     label = rq.review_item_submit(item_id=item.pk, user=a, code="LR")
     item.refresh_from_db()
     assert item.status == "done" and item.label == label and label.annotator == a
+    assert item.closed_at is not None and item.lease_expires_at is None
     assert CellImage.objects.get(pk=item.cell_id).current_label == label
 
 
