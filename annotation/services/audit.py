@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
+from django.db.models import Model
 
 from annotation.models import AuditEvent
 from annotation.types import UserLike
@@ -29,6 +30,17 @@ def audit_event_create(
         before=before,
         after=after,
     )
+
+
+def fields_state(obj: Model, names: Iterable[str]) -> dict[str, Any]:
+    """The named fields of a row for an event's before or after: a foreign key as the
+    related row's id, a datetime in ISO 8601."""
+    state: dict[str, Any] = {}
+    for name in names:
+        field = obj._meta.get_field(name)
+        value = getattr(obj, getattr(field, "attname", name))
+        state[name] = value.isoformat() if isinstance(value, datetime) else value
+    return state
 
 
 def audit_login_failed(

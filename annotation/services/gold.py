@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -26,7 +25,7 @@ from annotation.models import (
     ReviewItem,
     RoutingConfig,
 )
-from annotation.services.audit import audit_event_create
+from annotation.services.audit import audit_event_create, fields_state
 from annotation.services.events import queue_changed
 from annotation.services.labels import valid_code
 from annotation.services.pipeline import gold_cell_enqueue_scoring
@@ -44,14 +43,8 @@ def gold_rng_seed(*, seed: int) -> None:
     _rng.seed(seed)
 
 
-def _gold_state(gold: GoldCell) -> dict[str, Any]:
-    return {
-        "diff14": gold.diff14,
-        "note": gold.note,
-        "marked_by": gold.marked_by_id,
-        "marked_at": gold.marked_at.isoformat() if gold.marked_at else None,
-        "retired_at": gold.retired_at.isoformat() if gold.retired_at else None,
-    }
+# What the audit events of marking and retiring record.
+_AUDITED = ("diff14", "note", "marked_by", "marked_at", "retired_at")
 
 
 def gold_cell_mark(*, user: UserLike | None, cell_id: int, diff14: str, note: str = "") -> GoldCell:
@@ -77,7 +70,7 @@ def gold_cell_mark(*, user: UserLike | None, cell_id: int, diff14: str, note: st
                 code="already_gold",
                 fields={"cell": "already a gold cell"},
             )
-        before = _gold_state(gold) if gold is not None else None
+        before = fields_state(gold, _AUDITED) if gold is not None else None
         if gold is None:
             gold = GoldCell(cell=cell)
         gold.diff14 = code
@@ -92,7 +85,7 @@ def gold_cell_mark(*, user: UserLike | None, cell_id: int, diff14: str, note: st
             target_type="cell",
             target_id=cell.pk,
             before=before,
-            after=_gold_state(gold),
+            after=fields_state(gold, _AUDITED),
         )
         gold_cell_enqueue_scoring(cell_id=cell.pk)
     return gold
@@ -111,7 +104,7 @@ def gold_cell_retire(*, user: UserLike | None, cell_id: int) -> GoldCell:
             raise ApplicationError(
                 f"Cell {cell_id} is not an active gold cell.", code="not_found", status=404
             )
-        before = _gold_state(gold)
+        before = fields_state(gold, _AUDITED)
         gold.retired_at = timezone.now()
         gold.save(update_fields=["retired_at"])
         audit_event_create(
@@ -120,7 +113,7 @@ def gold_cell_retire(*, user: UserLike | None, cell_id: int) -> GoldCell:
             target_type="cell",
             target_id=cell_id,
             before=before,
-            after=_gold_state(gold),
+            after=fields_state(gold, _AUDITED),
         )
     return gold
 
