@@ -48,7 +48,7 @@ from annotation.services.imports import cells_import
 from mlworker.taxonomy import CODES
 
 
-def _url(context: Mapping[str, Any], name: str, **kwargs: Any) -> str:
+def api_url(context: Mapping[str, Any], name: str, **kwargs: Any) -> str:
     path = reverse(name, kwargs=kwargs)
     request = context.get("request")
     return request.build_absolute_uri(path) if request is not None else path
@@ -124,7 +124,7 @@ class SegmentationSerializer(serializers.ModelSerializer[Segmentation]):
     def get_mask_url(self, seg: Segmentation) -> str | None:
         if not seg.mask:
             return None
-        return _url(self.context, "api:segmentation-mask", segmentation_id=seg.pk)
+        return api_url(self.context, "api:segmentation-mask", segmentation_id=seg.pk)
 
 
 class CellSerializer(serializers.ModelSerializer[CellImage]):
@@ -156,10 +156,10 @@ class CellSerializer(serializers.ModelSerializer[CellImage]):
         ]
 
     def get_image_url(self, cell: CellImage) -> str:
-        return _url(self.context, "api:cell-image", cell_id=cell.pk)
+        return api_url(self.context, "api:cell-image", cell_id=cell.pk)
 
     def get_thumbnail_url(self, cell: CellImage) -> str:
-        return _url(self.context, "api:cell-thumbnail", cell_id=cell.pk)
+        return api_url(self.context, "api:cell-thumbnail", cell_id=cell.pk)
 
     @extend_schema_field(PredictionBriefSerializer(allow_null=True))
     def get_prediction(self, cell: CellImage) -> dict[str, Any] | None:

@@ -166,3 +166,57 @@ def test_next_with_count_leases_several_for_prefetching(heme_api, admin_api, que
     assert not {i["id"] for i in others} & {i["id"] for i in first}
     bad = heme_api.post("/api/queue/next/", {"count": 50}, format="json")
     assert bad.status_code == 400 and "count" in bad.json()["error"]["fields"]
+
+
+def test_next_payload_equals_the_serializer_for_every_kind_of_item(
+    smear, active_model, make_cell, users
+) -> None:
+    """The queue's 'next' builds its response directly (queue.review_item_payload); it
+    must stay exactly what ReviewItemSerializer, the schema, gives."""
+    import json
+    from datetime import timedelta
+
+    from django.test import RequestFactory
+    from django.utils import timezone
+    from rest_framework.renderers import JSONRenderer
+
+    from annotation.api.queue import ReviewItemSerializer, _item_with_cell, review_item_payload
+    from annotation.models import ModelVersion as MV
+    from annotation.services.labels import cell_label_create
+    from tests.annotation.api.conftest import predict
+
+    heme = users["hematologist"]
+    old = MV.objects.create(name="v-old", arch="resnet18", class_codes=list(CODES))
+    # 1. labelled twice (the label supersedes another), predictions by two versions,
+    #    leased, flagged, two reasons.
+    labelled = make_cell(smear["case"], label="NE", annotator=heme)
+    cell_label_create(cell_id=labelled.pk, code="BL", annotator=heme)
+    predict(labelled, active_model, "BL", 0.61)
+    predict(labelled, old, "MY", 0.4)
+    leased = queue(labelled, old, ["low_confidence", "disagreement"])
+    leased.status, leased.flagged, leased.leased_to = "leased", True, heme
+    leased.lease_expires_at = timezone.now() + timedelta(minutes=5)
+    leased.save()
+    # 2. no model version, no prediction, no label, imported source class name.
+    bare = make_cell(smear["case"])
+    bare.source_class_name = "Lymphocyte, variant"
+    bare.save(update_fields=["source_class_name"])
+    unscored = queue(bare, None, ["audit"])
+    # 3. closed, with an imported label (no annotator).
+    imported = make_cell(smear["case"], label="LY")
+    done = queue(imported, active_model, ["weak_class"])
+    done.status, done.closed_at = "done", timezone.now()
+    done.save()
+    # 4. every item of the smear fixture.
+    mine = [leased, unscored, done]
+    items = [*mine, *ReviewItem.objects.exclude(pk__in=[i.pk for i in mine])]
+    request = RequestFactory().get("/api/queue/next/")
+    render = JSONRenderer().render
+    for item in items:
+        context = {"request": request}
+        direct = review_item_payload(_item_with_cell(ReviewItem.objects.get(pk=item.pk)), context)
+        expected = ReviewItemSerializer(
+            _item_with_cell(ReviewItem.objects.get(pk=item.pk)), context=context
+        ).data
+        assert json.loads(render(direct)) == json.loads(render(expected)), item.pk
+    assert len(items) == 4  # the three above and the smear's queued cell
