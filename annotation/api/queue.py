@@ -16,7 +16,7 @@ from annotation.api.cells import CellSerializer, LabelSerializer, api_url
 from annotation.api.common import Diff14Field, request_user
 from annotation.api.gold import gold_item_disguise
 from annotation.api.permissions import EVERYONE, LABELLERS, Roles
-from annotation.models import CellImage, Prediction, ReviewItem
+from annotation.models import CellImage, Label, Prediction, ReviewItem
 from annotation.selectors.review_queue import review_queue_counts
 from annotation.services.review_queue import (
     review_item_flag,
@@ -80,6 +80,19 @@ def _when(value: Any) -> str | None:
     return _DATETIME.to_representation(value) if value else None
 
 
+def label_payload(label: Label) -> dict[str, Any]:
+    """What ``LabelSerializer(label).data`` gives, built directly (see below)."""
+    return {
+        "id": label.pk,
+        "cell": label.cell_id,
+        "code": label.code,
+        "source": label.source,
+        "annotator": label.annotator.username if label.annotator else None,
+        "created_at": _when(label.created_at),
+        "supersedes": label.supersedes_id,
+    }
+
+
 def review_item_payload(item: ReviewItem, context: dict[str, Any]) -> dict[str, Any]:
     """What ``ReviewItemSerializer(item).data`` gives, for an item prepared by
     ``_item_with_cell``, built directly: DRF's model serializers derive their fields
@@ -112,17 +125,7 @@ def review_item_payload(item: ReviewItem, context: dict[str, Any]) -> dict[str, 
             "source_class_name": cell.source_class_name,
             "has_label_conflict": cell.has_label_conflict,
             "processing": cell.processing,
-            "label": None
-            if label is None
-            else {
-                "id": label.pk,
-                "cell": label.cell_id,
-                "code": label.code,
-                "source": label.source,
-                "annotator": label.annotator.username if label.annotator else None,
-                "created_at": _when(label.created_at),
-                "supersedes": label.supersedes_id,
-            },
+            "label": None if label is None else label_payload(label),
             "prediction": None
             if prediction is None
             else {
@@ -222,7 +225,7 @@ class ReviewSubmitApi(APIView):
         label = review_item_submit(
             item_id=item_id, user=request_user(request), code=data.validated_data["code"]
         )
-        return Response(LabelSerializer(label).data, status=status.HTTP_201_CREATED)
+        return Response(label_payload(label), status=status.HTTP_201_CREATED)
 
 
 class ReviewSkipApi(APIView):

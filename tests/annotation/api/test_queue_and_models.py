@@ -220,3 +220,12 @@ def test_next_payload_equals_the_serializer_for_every_kind_of_item(
         ).data
         assert json.loads(render(direct)) == json.loads(render(expected)), item.pk
     assert len(items) == 4  # the three above and the smear's queued cell
+    # submit's response, the same way: a person's label superseding another, an imported one
+    from annotation.api.cells import LabelSerializer
+    from annotation.api.queue import label_payload
+
+    for label in (labelled.labels.latest("id"), imported.labels.get()):
+        fresh = Label.objects.get(pk=label.pk)
+        assert json.loads(render(label_payload(fresh))) == json.loads(
+            render(LabelSerializer(fresh).data)
+        )
