@@ -139,9 +139,9 @@ def bench_asgi_app() -> object:
 
     if os.environ.get("BENCH_NO_BROADCAST"):
         # Diagnostic only: what the queue-count broadcast costs per request.
-        import annotation.services.review_queue as review_queue
+        import annotation.services.events as events
 
-        review_queue.queue_changed = lambda: None  # type: ignore[attr-defined]
+        events.queue_changed = lambda: None
     return application
 
 

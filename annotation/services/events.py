@@ -10,6 +10,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,18 @@ def queue_changed() -> None:
         cache.set(QUEUE_DIRTY_KEY, 1, timeout=None)
     except Exception:  # a cache outage must not fail the write that triggered this
         logger.warning("could not mark the queue counts dirty", exc_info=True)
+
+
+def queue_changed_on_commit() -> None:
+    """``queue_changed`` when the current transaction commits, once however many changes
+    the transaction makes (a submit closes its item and labels the cell: two changes, one
+    mark in Redis)."""
+    connection = transaction.get_connection()
+    if connection.in_atomic_block and any(
+        func is queue_changed for _, func, _ in connection.run_on_commit
+    ):
+        return
+    transaction.on_commit(queue_changed)
 
 
 def queue_counts_broadcast() -> None:

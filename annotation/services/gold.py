@@ -26,7 +26,7 @@ from annotation.models import (
     RoutingConfig,
 )
 from annotation.services.audit import audit_event_create, fields_state
-from annotation.services.events import queue_changed
+from annotation.services.events import queue_changed_on_commit
 from annotation.services.labels import valid_code
 from annotation.services.pipeline import gold_cell_enqueue_scoring
 from annotation.services.routing import AUDIT, route_reasons, routing_config_get, weak_classes
@@ -211,5 +211,5 @@ def gold_items_mix(
             continue  # someone else opened an item for the cell, or a parallel request
         items.append(item)
     if items:
-        transaction.on_commit(queue_changed)
+        queue_changed_on_commit()
     return items

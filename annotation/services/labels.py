@@ -40,7 +40,7 @@ def _close_open_review_items(*, cell_id: int, label: Label, annotator: UserLike 
     from django.utils import timezone
 
     from annotation.models import ReviewItem
-    from annotation.services.events import queue_changed
+    from annotation.services.events import queue_changed_on_commit
 
     closed = (
         ReviewItem.objects.filter(cell_id=cell_id)
@@ -56,7 +56,7 @@ def _close_open_review_items(*, cell_id: int, label: Label, annotator: UserLike 
         )
     )
     if closed:
-        transaction.on_commit(queue_changed)
+        queue_changed_on_commit()
 
 
 def cell_label_create(

@@ -15,7 +15,7 @@ from django.utils import timezone
 from annotation.errors import ApplicationError
 from annotation.models import Label, ReviewItem, ReviewSkip
 from annotation.services.audit import audit_event_create
-from annotation.services.events import queue_changed
+from annotation.services.events import queue_changed_on_commit
 from annotation.services.gold import gold_item_return, gold_items_mix
 from annotation.services.labels import cell_label_create, cell_label_gold_read_create
 from annotation.services.routing import routing_config_get
@@ -36,7 +36,7 @@ def review_leases_expire() -> int:
         status=ReviewItem.Status.QUEUED, leased_to=None, lease_expires_at=None
     )
     if expired:
-        transaction.on_commit(queue_changed)
+        queue_changed_on_commit()
     return expired
 
 
@@ -132,7 +132,7 @@ def review_items_next(*, user: UserLike, count: int = 1) -> list[ReviewItem]:
                 status=ReviewItem.Status.LEASED, leased_to=user, lease_expires_at=now + lease
             )
         if new:
-            transaction.on_commit(queue_changed)
+            queue_changed_on_commit()
     return [*mine, *new]
 
 
@@ -179,7 +179,7 @@ def review_item_submit(*, item_id: int, user: UserLike, code: str) -> Label:
             label = cell_label_create(cell_id=item.cell_id, code=code, annotator=user)
         else:
             label = _independent_read(item=item, user=user, code=code)
-        transaction.on_commit(queue_changed)
+        queue_changed_on_commit()
     return label
 
 
@@ -236,7 +236,7 @@ def review_item_adjudicate(*, item_id: int, user: UserLike, code: str) -> Label:
         item.label = label
         item.closed_at = timezone.now()
         item.save(update_fields=["status", "label", "closed_at"])
-        transaction.on_commit(queue_changed)
+        queue_changed_on_commit()
     return label
 
 
@@ -258,7 +258,7 @@ def review_item_skip(*, item_id: int, user: UserLike) -> None:
         audit_event_create(
             actor=user, action="review.skip", target_type="review_item", target_id=item.pk
         )
-        transaction.on_commit(queue_changed)
+        queue_changed_on_commit()
 
 
 def review_item_release(*, item_id: int, user: UserLike) -> None:
@@ -266,7 +266,7 @@ def review_item_release(*, item_id: int, user: UserLike) -> None:
     with transaction.atomic():
         item = _locked_item_of(item_id, user)
         _item_return(item)
-        transaction.on_commit(queue_changed)
+        queue_changed_on_commit()
 
 
 def review_item_flag(*, item_id: int, user: UserLike, flagged: bool = True) -> ReviewItem:

@@ -14,7 +14,7 @@ from django.utils import timezone
 from annotation.errors import ApplicationError
 from annotation.models import ModelVersion, Prediction, ReviewItem, RoutingConfig
 from annotation.services.audit import audit_event_create, fields_state
-from annotation.services.events import queue_changed
+from annotation.services.events import queue_changed_on_commit
 from annotation.types import UserLike
 from mlworker import active_learning
 from mlworker.taxonomy import ABNORMAL_CODES, CODES
@@ -214,7 +214,7 @@ def cells_route(*, cell_ids: Sequence[int], version: ModelVersion) -> dict[str, 
                 updated += 1
         ReviewItem.objects.bulk_create(new_items, ignore_conflicts=True)
         created = len(new_items)
-        transaction.on_commit(queue_changed)
+        queue_changed_on_commit()
     return {"created": created, "updated": updated, "considered": len(predictions)}
 
 
@@ -229,5 +229,5 @@ def review_queue_reset_for_new_version() -> int:
         .update(status=ReviewItem.Status.CANCELLED, closed_at=timezone.now())
     )
     if cancelled:
-        transaction.on_commit(queue_changed)
+        queue_changed_on_commit()
     return cancelled

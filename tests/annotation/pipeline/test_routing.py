@@ -281,3 +281,19 @@ def test_counts_are_sent_once_a_second_not_per_request(settings) -> None:
     assert queue_counts_flush() is True
     assert queue_counts_flush() is False
     assert review_queue_counts()["queued"] == 0
+
+
+def test_one_transaction_marks_the_queue_changed_once(
+    settings, django_capture_on_commit_callbacks
+) -> None:
+    from django.core.cache import cache
+    from django.db import transaction
+
+    from annotation.services.events import QUEUE_DIRTY_KEY, queue_changed_on_commit
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    cache.delete(QUEUE_DIRTY_KEY)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks, transaction.atomic():
+        queue_changed_on_commit()
+        queue_changed_on_commit()
+    assert len(callbacks) == 1 and cache.get(QUEUE_DIRTY_KEY)
