@@ -732,12 +732,14 @@ class _Run:
             )
             self.units_done += 1
             # a stage's last epoch is always validated: the weight average and the weak
-            # pass compare against it
-            validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == epochs
+            # pass compare against it. Low-res epochs are not: their BatchNorm statistics
+            # belong to the other scale, so the figure would say nothing (10-24 %).
+            last = epoch + 1 == epochs
+            validate = last or (not low_res and (epoch + 1) % config.val_every == 0)
             val: dict[str, float | None] = dict.fromkeys(
                 ("val_loss", "val_accuracy", "val_balanced_accuracy")
             )
-            summary = "not validated (--val-every)"
+            summary = "not validated (" + ("low-res epoch" if low_res else "--val-every") + ")"
             if validate:
                 logits, labels = self.predict(self.runtime)
                 report = report_for(logits, labels)

@@ -682,6 +682,8 @@ def test_low_res_epochs_train_smaller_images_then_the_full_size(tmp_path: Path) 
     )
     result = fit(samples[::2], samples[1::2], config)
     assert [h["train_size"] for h in result.history] == [16, 16, 32]
+    # low-res epochs are not validated (BatchNorm statistics of the other scale)
+    assert [h["val_balanced_accuracy"] is not None for h in result.history] == [False, False, True]
     assert result.checkpoint["input_size"] == 32  # scoring and validation: the full size
     assert parse_train_config(["--low-res-size", "64", "--low-res-epochs", "4"]).low_res_epochs == 4
     with pytest.raises(ValueError, match="needs --low-res-size"):
