@@ -29,6 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from tests.processes import stop_process  # noqa: E402
+
 CODES = ["NE", "LY", "MO", "EO", "BA", "ME", "MY", "PR", "LR", "LA", "BL", "PC", "NR", "AR"]
 
 
@@ -474,11 +477,7 @@ def main() -> None:
         }
         print("RESULT " + json.dumps(summary), flush=True)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.processes import stop_processes  # noqa: E402
+
 
 def prepare_database(name: str) -> str:
     import psycopg
@@ -126,10 +128,7 @@ Path({str(media)!r}, "probe.json").write_text(json.dumps({{"cells": n, "routed_s
 """
             subprocess.run([sys.executable, "-c", probe], env=env, check=True, cwd=REPO)
         finally:
-            for w in workers:
-                w.terminate()
-            for w in workers:
-                w.wait(timeout=30)
+            stop_processes(workers, timeout=30)
         baseline = f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})

@@ -45,6 +45,7 @@ from benchmarks.bench_api import (  # noqa: E402
     setup_django,
     start_server,
 )
+from tests.processes import stop_process  # noqa: E402
 
 
 def seed(n_cells: int, double_share: float, n_hem: int, n_senior: int) -> list[tuple[str, bool]]:
@@ -338,8 +339,7 @@ def main() -> None:
             rec, elapsed = run(base, group, duration, args.think)
             runs.append((name, rec, elapsed))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process(server, timeout=30)
 
     print(
         f"uvicorn --workers {args.workers}, {args.cells} queued cells "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.paths import REPO_ROOT, SHARED_DATA
+from tests.processes import stop_process
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -146,8 +147,4 @@ def celery_worker(
         wait_for_worker(app, proc, log)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)

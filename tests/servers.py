@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests.conftest import worker_env
 from tests.paths import REPO_ROOT
+from tests.processes import stop_process
 
 
 def free_port() -> int:
@@ -76,8 +77,4 @@ def uvicorn_server(
             time.sleep(0.3)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=15)

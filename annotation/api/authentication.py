@@ -10,6 +10,7 @@ in SQL here; the answers - the same ``(user, token)`` pair, the same errors - ar
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -44,6 +45,7 @@ def _group_names(user_id: int) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+@functools.cache  # model metadata is fixed once Django is set up
 def user_model_groups_table() -> str:
     field = get_user_model()._meta.get_field("groups")
     return str(field.remote_field.through._meta.db_table)  # type: ignore[union-attr]

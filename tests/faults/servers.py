@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.processes import stop_process
 from tests.servers import free_port, uvicorn_server
 
 
@@ -91,7 +92,5 @@ class PrivateRedis:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
+        stop_process(self.proc)
         self.proc = None

@@ -27,6 +27,7 @@ from tests.annotation.pipeline.fixtures import active_version, unlabelled_folder
 from tests.annotation.pipeline.test_worker import wait_until
 from tests.conftest import start_worker, wait_for_worker
 from tests.faults.servers import PrivateRedis, http, web_server
+from tests.processes import stop_process
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -141,6 +142,5 @@ def test_queued_tasks_survive_a_redis_restart_and_the_app_answers_meanwhile(
         call_command("score_pending", stdout=out)
         wait_until(lambda: processed() == 7, 180, "the outage's upload to be processed", log)
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_process(worker, timeout=30)
     assert Segmentation.objects.count() == 7 and Prediction.objects.count() == 7
