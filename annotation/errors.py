@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from django.db import models
+
+_M = TypeVar("_M", bound=models.Model)
+
 
 class ApplicationError(Exception):
     def __init__(
@@ -17,3 +23,15 @@ class ApplicationError(Exception):
         self.code = code
         self.fields = fields or {}
         self.status = status
+
+
+def get_or_404(queryset: type[_M] | models.QuerySet[_M], *, what: str, **lookup: object) -> _M:
+    """The row the lookup names, or the API's 404: "<what> <value> does not exist."."""
+    qs = queryset._default_manager.all() if isinstance(queryset, type) else queryset
+    try:
+        return qs.get(**lookup)
+    except (qs.model.DoesNotExist, ValueError, TypeError):
+        shown = ", ".join(str(v) for v in lookup.values())
+        raise ApplicationError(
+            f"{what} {shown} does not exist.", code="not_found", status=404
+        ) from None

@@ -37,6 +37,12 @@ class Segmentation(models.Model):
         ]
 
 
+class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
+    def active(self) -> ModelVersion | None:
+        """The one active version (a database constraint allows at most one), or None."""
+        return self.filter(status=ModelVersion.Status.ACTIVE).first()
+
+
 class ModelVersion(models.Model):
     class Status(models.TextChoices):
         TRAINING = "training", "Training"
@@ -63,6 +69,8 @@ class ModelVersion(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     promoted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ModelVersionQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
