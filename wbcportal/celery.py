@@ -10,7 +10,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wbcportal.settings")
 app = Celery("wbcportal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue("cpu"), Queue("gpu")]
-app.autodiscover_tasks(["annotation", "mlworker"])
+# annotation/tasks/ holds every task that touches the database; mlworker is plain Python
+# and has none. Task names still read "mlworker.tasks.*" (messages and routes use them).
+app.autodiscover_tasks(["annotation"])
 
 
 def _beat_schedule() -> dict[str, dict[str, object]]:

@@ -121,7 +121,7 @@ def new_page(browser: Any, live_server_url: str) -> Iterator[Any]:
 @pytest.fixture
 def queue_beat(transactional_db: None) -> Iterator[None]:
     """What Celery beat does for the browser: send the review-queue counts when they
-    changed (mlworker.tasks.broadcast_queue_counts), here every half second from a
+    changed (annotation/tasks/housekeeping.py), here every half second from a
     thread (the test's own thread runs Playwright's event loop)."""
     from django.db import connection
 

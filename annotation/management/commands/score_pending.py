@@ -3,11 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
 
-from annotation.models import CellImage, ModelVersion, Prediction, Segmentation
-from annotation.services.pipeline import cells_enqueue_scoring
-from mlworker.tasks import SEGMENTATION_METHOD
+from annotation.models import ModelVersion
+from annotation.services.pipeline import cells_enqueue_pending
 
 
 class Command(BaseCommand):
@@ -20,39 +18,19 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        version = (
-            ModelVersion.objects.filter(name=options["version"]).first()
-            if options["version"]
-            else ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
-        )
-        live = CellImage.objects.exclude(processing=CellImage.Processing.FAILED)
-        unsegmented = live.exclude(
-            pk__in=Segmentation.objects.filter(method_version=SEGMENTATION_METHOD).values("cell_id")
-        ).values_list("id", flat=True)
-        with transaction.atomic():
-            seg_ids = list(unsegmented)
-            if seg_ids:
-                from mlworker import tasks
-
-                ids = seg_ids
-                transaction.on_commit(
-                    lambda: [
-                        tasks.segment_cells.delay(ids[i : i + 64]) for i in range(0, len(ids), 64)
-                    ]
-                )
+        if options["version"]:
+            version = ModelVersion.objects.filter(name=options["version"]).first()
             if version is None:
-                if options["version"]:
-                    raise CommandError(f"No model version {options['version']!r}")
-                self.stdout.write(
-                    f"queued {len(seg_ids)} cells for segmentation; no active model to score with"
-                )
-                return
-            unscored = list(
-                live.exclude(
-                    pk__in=Prediction.objects.filter(model_version=version).values("cell_id")
-                ).values_list("id", flat=True)
+                raise CommandError(f"No model version {options['version']!r}")
+        else:
+            version = ModelVersion.objects.active()
+        queued = cells_enqueue_pending(version=version)
+        if version is None:
+            self.stdout.write(
+                f"queued {queued.segmentation} cells for segmentation; no active model to score with"
             )
-            cells_enqueue_scoring(cell_ids=unscored, version_id=version.pk)
+            return
         self.stdout.write(
-            f"queued {len(seg_ids)} cells for segmentation and {len(unscored)} for scoring with {version.name}"
+            f"queued {queued.segmentation} cells for segmentation and {queued.scoring} for "
+            f"scoring with {version.name}"
         )

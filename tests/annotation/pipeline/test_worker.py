@@ -10,14 +10,11 @@ from pathlib import Path
 import pytest
 
 from annotation.models import CellImage, Prediction, ReviewItem, Segmentation
+from annotation.rules import route_reasons, weak_classes
+from annotation.selectors.routing import routing_config_get
 from annotation.services.imports import cells_import
-from annotation.services.routing import (
-    route_reasons,
-    routing_config_get,
-    routing_config_update,
-    weak_classes,
-)
-from mlworker import tasks
+from annotation.services.routing import routing_config_update
+from annotation.tasks import pipeline as tasks
 from tests.annotation.pipeline.fixtures import active_version, unlabelled_folder
 from tests.conftest import start_worker, wait_for_worker
 
