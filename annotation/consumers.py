@@ -7,6 +7,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from annotation.roles import ADMIN, user_roles
 from annotation.services.events import JOB_LOGS_GROUP, JOBS_GROUP, QUEUE_GROUP
 
 
@@ -37,6 +38,6 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
         @database_sync_to_async
         def check() -> bool:
-            return bool(user.is_superuser or user.groups.filter(name="admin").exists())
+            return ADMIN in user_roles(user)
 
         return await check()

@@ -13,22 +13,17 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-logger = logging.getLogger(__name__)
+from annotation.errors import RETRY_AFTER_SECONDS, broker_errors
+from annotation.roles import user_roles
+from annotation.rules import REASON_TEXT
 
-# Why a cell was queued, in words (the codes are annotation/services/routing.py's).
-QUEUE_REASONS = {
-    "low_confidence": "Low confidence: the model is not sure",
-    "weak_class": "Predicted class is one the model is weak at",
-    "disagreement": "Sources or annotators disagree",
-    "audit": "Random audit of a confident cell",
-}
+logger = logging.getLogger(__name__)
 
 
 def ui_boot(request: HttpRequest) -> dict[str, Any]:
     """What the browser UI needs before its first API call: who is signed in, the 14-Diff
     taxonomy with its keys (mlworker/taxonomy.py, the one source of truth) and the rules
     of the differential (annotation/selectors/cases.py)."""
-    from annotation.api.permissions import user_roles
     from annotation.selectors import cases as case_rules
     from mlworker import taxonomy
 
@@ -50,7 +45,7 @@ def ui_boot(request: HttpRequest) -> dict[str, Any]:
             "blast_code": "BL",
             "artifact_code": "AR",
         },
-        "queue_reasons": QUEUE_REASONS,
+        "queue_reasons": REASON_TEXT,
         "label_prefetch": settings.WBC_LABEL_PREFETCH,
         "urls": {
             "login": settings.LOGIN_URL,
@@ -78,7 +73,9 @@ def health(request: HttpRequest) -> JsonResponse:
         # The details (host, user, the driver's message) go to the log, not to the
         # anonymous caller.
         logger.exception("health check: the database does not answer")
-        return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
+        response = JsonResponse({"status": "error", "database": "unavailable"}, status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     broker = _broker_status()
     return JsonResponse(
         {
@@ -97,7 +94,7 @@ def _broker_status() -> str:
 
     try:
         redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping()
-    except (redis.ConnectionError, redis.TimeoutError):
+    except broker_errors():
         logger.warning("health check: Redis does not answer")
         return "unavailable"
     return "redis"

@@ -4,7 +4,8 @@ API views get this from the API's exception handler (annotation/api/errors.py); 
 middleware covers the HTML pages, the admin site, /media/ and the API's non-DRF routes, and
 ``server_error`` (the 500 handler) covers errors raised outside a view, e.g. by another
 middleware. Either way the broken connection is closed, so the next request in the same
-worker thread opens a fresh one instead of failing on the dead one.
+worker thread opens a fresh one instead of failing on the dead one. What counts as an
+outage, and the message, are annotation/errors.py's, shared with the API.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ import logging
 import sys
 from collections.abc import Callable
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import server_error as django_server_error
 
-logger = logging.getLogger(__name__)
-
-DATABASE_UNAVAILABLE_MESSAGE = (
-    "The database is not reachable right now, so nothing was saved. "
-    "Wait a moment and try again; if it persists, tell an admin (see /health/)."
+from annotation.errors import (
+    DATABASE_UNAVAILABLE_MESSAGE,
+    RETRY_AFTER_SECONDS,
+    database_connections_reset,
+    error_body,
+    is_database_unavailable,
 )
+
+logger = logging.getLogger(__name__)
 
 _HTML = (
     "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -31,38 +34,17 @@ _HTML = (
 )
 
 
-def is_database_unavailable(exc: BaseException | None) -> bool:
-    """Errors that mean the connection to the database failed, not a bad query."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    # psycopg raises these when the server ends the session mid-query (pg_terminate_backend,
-    # a restart): Django wraps them as OperationalError, but not when they surface raw.
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        return False
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-
-
-def database_connections_reset() -> None:
-    """Drop connections that failed, so the next request reconnects."""
-    for conn in connections.all(initialized_only=True):
-        try:
-            if conn.connection is not None and not conn.is_usable():
-                conn.close()
-        except DatabaseError:
-            conn.connection = None
-
-
 def database_unavailable_response(request: HttpRequest) -> HttpResponse:
-    from annotation.api.errors import error_body
-
+    """The 503: JSON in the API's error shape under /api/, a short page elsewhere; both
+    say when to retry."""
+    response: HttpResponse
     if request.path.startswith("/api/"):
-        return JsonResponse(
+        response = JsonResponse(
             error_body("database_unavailable", DATABASE_UNAVAILABLE_MESSAGE), status=503
         )
-    response = HttpResponse(_HTML.format(message=DATABASE_UNAVAILABLE_MESSAGE), status=503)
-    response["Retry-After"] = "30"
+    else:
+        response = HttpResponse(_HTML.format(message=DATABASE_UNAVAILABLE_MESSAGE), status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 

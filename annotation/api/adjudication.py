@@ -14,10 +14,10 @@ from annotation.api.cells import LabelSerializer
 from annotation.api.common import Diff14Field, request_user
 from annotation.api.permissions import ADJUDICATORS, ADMINS, Roles
 from annotation.models import ReviewItem
+from annotation.roles import DATA_SCIENTIST
 from annotation.selectors.adjudication import adjudication_queue
 from annotation.selectors.agreement import agreement_summary
 from annotation.services.review_queue import review_item_adjudicate
-from annotation.services.roles import DATA_SCIENTIST
 
 
 class AdjudicationItemSerializer(serializers.ModelSerializer[ReviewItem]):

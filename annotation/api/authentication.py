@@ -15,12 +15,12 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
-from annotation.api.permissions import roles_from_groups
+from annotation.roles import roles_from_groups
 
 
 def _user_with_token(key: str) -> Any:
@@ -58,7 +58,11 @@ class TokenAuthentication(authentication.TokenAuthentication):
             raise exceptions.AuthenticationFailed(_("Invalid token."))
         if not user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
-        token = Token(key=key, user=user, created=user.token_created)
-        token._state.adding = False  # a row read from the database, not a new one
-        user._wbc_roles = roles_from_groups(_group_names(user.pk), user.is_superuser)
+        # from_db: the token is a row read from the database (our query above), not a new
+        # one; it is what the ORM itself builds rows with.
+        token = Token.from_db(
+            DEFAULT_DB_ALIAS, ["key", "user_id", "created"], [key, user.pk, user.token_created]
+        )
+        token.user = user
+        user._wbc_roles = roles_from_groups(_group_names(user.pk), is_superuser=user.is_superuser)
         return user, token

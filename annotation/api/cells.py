@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import errno
-import re
-import shutil
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +10,6 @@ from django.core.files.uploadhandler import SkipFile, TemporaryFileUploadHandler
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import reverse
-from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -40,11 +34,12 @@ from annotation.selectors.cells import (
     LABEL_STATUSES,
     CellFilters,
     cell_get,
+    cell_image_file_get,
     cell_list,
     cell_thumbnail_jpeg,
     segmentation_get,
 )
-from annotation.services.imports import cells_import
+from annotation.services.uploads import cells_upload
 from mlworker.taxonomy import CODES
 
 
@@ -250,12 +245,7 @@ class CellImageApi(APIView):
 
     @extend_schema(responses=_IMAGE_RESPONSE)
     def get(self, request: Request, cell_id: int) -> HttpResponseBase:
-        try:
-            cell = CellImage.objects.only("image").get(pk=cell_id)
-        except CellImage.DoesNotExist:
-            raise ApplicationError(
-                f"Cell {cell_id} does not exist.", code="not_found", status=404
-            ) from None
+        cell = cell_image_file_get(cell_id=cell_id)
         response = storage_file_response(cell.image.name)
         response["Cache-Control"] = "private, max-age=86400, immutable"  # content-addressed
         return response
@@ -266,12 +256,7 @@ class CellThumbnailApi(APIView):
 
     @extend_schema(responses=_IMAGE_RESPONSE)
     def get(self, request: Request, cell_id: int) -> HttpResponseBase:
-        try:
-            cell = CellImage.objects.only("image").get(pk=cell_id)
-        except CellImage.DoesNotExist:
-            raise ApplicationError(
-                f"Cell {cell_id} does not exist.", code="not_found", status=404
-            ) from None
+        cell = cell_image_file_get(cell_id=cell_id)
         try:
             data = cell_thumbnail_jpeg(cell=cell)
         except FileNotFoundError:
@@ -335,20 +320,6 @@ class _SizeLimitedUploadHandler(TemporaryFileUploadHandler):
         return super().receive_data_chunk(raw_data, start)
 
 
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
-
-
-def _safe_filename(name: str, taken: set[str]) -> str:
-    base = _SAFE_NAME.sub("_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"
-    candidate, n = base, 1
-    while candidate.lower() in taken:
-        stem, dot, ext = base.rpartition(".")
-        candidate = f"{stem}-{n}.{ext}" if dot else f"{base}-{n}"
-        n += 1
-    taken.add(candidate.lower())
-    return candidate
-
-
 class UploadSummarySerializer(serializers.Serializer):
     layout = serializers.CharField()
     new_cells = serializers.IntegerField()
@@ -395,7 +366,8 @@ class CellUploadApi(APIView):
 
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
         # Before anything reads the body (CSRF checks read request.POST).
-        request.upload_handlers = [_SizeLimitedUploadHandler(request)]
+        self.upload_handler = _SizeLimitedUploadHandler(request)
+        request.upload_handlers = [self.upload_handler]
         return super().initialize_request(request, *args, **kwargs)
 
     @extend_schema(
@@ -405,89 +377,11 @@ class CellUploadApi(APIView):
     def post(self, request: Request) -> Response:
         data = self.UploadInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        handler = request._request.upload_handlers[0]
-        too_large: list[tuple[str, str]] = list(getattr(handler, "too_large", []))
-        files = list(request.FILES.getlist("files"))
-        if not files and not too_large:
-            raise ApplicationError(
-                "No files were sent: attach images or one zip as the multipart field 'files'.",
-                code="no_files",
-                fields={"files": "required"},
-            )
-        zips = [f for f in files if (f.name or "").lower().endswith(".zip")]
-        if zips and len(files) > 1:
-            raise ApplicationError(
-                "Send either images or a single zip per request, not both.",
-                code="mixed_upload",
-                fields={"files": "one .zip, or images only"},
-            )
-        case_name = data.validated_data.get("case") or (
-            None if zips else f"upload-{timezone.now():%Y%m%d}"
+        result = cells_upload(
+            files=list(request.FILES.getlist("files")),
+            too_large=list(self.upload_handler.too_large),
+            case_name=data.validated_data.get("case"),
+            label=data.validated_data.get("label"),
+            user=request_user(request),
         )
-        label = data.validated_data.get("label")
-        if zips and label:
-            raise ApplicationError(
-                "'label' applies to uploaded images; a zip carries its own classes.",
-                code="invalid",
-                fields={"label": "not allowed with a zip"},
-            )
-        staging = Path(tempfile.mkdtemp(prefix="wbc-upload-"))
-        try:
-            summary = self._import(files, zips, staging, case_name, label, request)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        result = summary.as_dict()
-        result["skipped_files"] = [
-            *({"file": f, "reason": r} for f, r in too_large),
-            *result["skipped_files"],  # type: ignore[misc]
-        ]
-        result["skipped"] = len(result["skipped_files"])  # type: ignore[arg-type]
-        result["cell_ids"] = summary.cell_ids
-        if summary.new_cells == 0 and summary.duplicates == 0 and result["skipped"]:
-            reasons = {item["file"]: item["reason"] for item in result["skipped_files"]}  # type: ignore[attr-defined]
-            raise ApplicationError(
-                "No file could be imported: "
-                + "; ".join(f"{name}: {reason}" for name, reason in reasons.items()),
-                code="nothing_imported",
-                fields=reasons,
-            )
         return Response(result, status=status.HTTP_201_CREATED)
-
-    def _import(
-        self,
-        files: list[Any],
-        zips: list[Any],
-        staging: Path,
-        case_name: str | None,
-        label: str | None,
-        request: Request,
-    ) -> Any:
-        user = request_user(request)
-        if zips:
-            target = staging / _safe_filename(zips[0].name or "upload.zip", set())
-            if not target.name.lower().endswith(".zip"):
-                target = target.with_suffix(".zip")
-            self._save(zips[0], target)
-            return cells_import(source=target, case_name=case_name, user=user, workers=2)
-        root = staging / "upload"
-        folder = root / label if label else root
-        folder.mkdir(parents=True)
-        taken: set[str] = set()
-        for upload in files:
-            self._save(upload, folder / _safe_filename(upload.name or "upload", taken))
-        return cells_import(source=root, case_name=case_name, user=user, workers=2)
-
-    @staticmethod
-    def _save(upload: Any, target: Path) -> None:
-        try:
-            with target.open("wb") as out:
-                for chunk in upload.chunks():
-                    out.write(chunk)
-        except OSError as exc:  # the staging folder is removed by the caller either way
-            raise ApplicationError(
-                f"The server could not stage the upload ({exc.strerror or exc}); nothing "
-                "was imported. Try again later, and tell an admin if it persists (the "
-                "temporary folder's disk may be full).",
-                code="storage_full" if exc.errno == errno.ENOSPC else "storage_error",
-                status=507 if exc.errno == errno.ENOSPC else 503,
-            ) from exc

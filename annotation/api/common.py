@@ -125,15 +125,6 @@ def storage_file_response(name: str | None, *, filename: str | None = None) -> F
     )
 
 
-def int_id_or_404(value: str, what: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ApplicationError(
-            f"{what} {value!r} does not exist.", code="not_found", status=404
-        ) from None
-
-
 def request_user(request: Request) -> UserLike:
     """The signed-in user (permission classes have already refused anonymous requests)."""
     return cast("UserLike", request.user)

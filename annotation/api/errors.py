@@ -1,10 +1,12 @@
-"""The one error shape of the API, for every error it returns::
+"""The API's exception handler: every error it returns in the one shape of
+annotation/errors.py (``error_body``)::
 
     {"error": {"code": "unknown_class", "message": "...", "fields": {"code": "..."}}}
 
 ``code`` is stable and machine-readable, ``message`` is a sentence a person can act on
 (what was wrong and what is allowed), ``fields`` maps each offending input field to what
-is wrong with it (empty when the problem is not about one field).
+is wrong with it (empty when the problem is not about one field). What an outage is, and
+the messages for it, live in annotation/errors.py too, shared with wbcportal/middleware.py.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from annotation.errors import ApplicationError
+from annotation.errors import (
+    DATABASE_UNAVAILABLE_MESSAGE,
+    QUEUE_UNAVAILABLE_MESSAGE,
+    RETRY_AFTER_SECONDS,
+    ApplicationError,
+    database_connections_reset,
+    error_body,
+    is_broker_unavailable,
+    is_database_unavailable,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
 def _flatten(detail: Any, prefix: str = "") -> dict[str, str]:
@@ -55,12 +62,6 @@ def _validation_message(fields: dict[str, str]) -> str:
 
 def _service_unavailable(exc: Exception, context: dict[str, Any]) -> Response | None:
     """A lost database or Redis connection: 503 with what to do, never a bare 500."""
-    from wbcportal.middleware import (
-        DATABASE_UNAVAILABLE_MESSAGE,
-        database_connections_reset,
-        is_database_unavailable,
-    )
-
     if is_database_unavailable(exc):
         logger.error("database unavailable in %s: %s", context.get("view"), exc)
         database_connections_reset()
@@ -73,27 +74,23 @@ def _service_unavailable(exc: Exception, context: dict[str, Any]) -> Response | 
     return Response(
         error_body(code, message),
         status=status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "30"},
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
-QUEUE_UNAVAILABLE_MESSAGE = (
-    "The task queue (Redis) is not reachable right now, so this could not be done. "
-    "Wait a moment and try again; if it persists, tell an admin (see /health/)."
-)
-
-
-def is_broker_unavailable(exc: BaseException) -> bool:
-    """Redis refused or dropped the connection (directly, or through kombu/Celery)."""
-    import redis
-    from kombu.exceptions import OperationalError as KombuOperationalError
-
-    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | KombuOperationalError)
+def _retry_after(exc: ApplicationError) -> str | None:
+    """When to try again: what the service said, and for any 503 the outage default."""
+    retry = exc.fields.get("retry_after")
+    if retry:
+        return retry
+    if exc.status == status.HTTP_503_SERVICE_UNAVAILABLE:
+        return str(RETRY_AFTER_SECONDS)
+    return None
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
-        retry = exc.fields.get("retry_after")
+        retry = _retry_after(exc)
         return Response(
             error_body(exc.code, exc.message, exc.fields),
             status=exc.status,

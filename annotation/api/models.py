@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -21,11 +20,16 @@ from annotation.api.common import (
     request_user,
 )
 from annotation.api.permissions import ADMINS, EVERYONE, Roles
-from annotation.errors import ApplicationError
 from annotation.models import ModelVersion, RoutingConfig, TrainingJob
-from annotation.selectors.model_registry import model_version_compare
+from annotation.selectors.model_registry import (
+    model_version_compare,
+    model_version_get,
+    model_version_list,
+)
+from annotation.selectors.routing import routing_config_get
+from annotation.selectors.training import training_job_get, training_job_list
 from annotation.services.model_registry import model_version_promote, model_version_rollback
-from annotation.services.routing import routing_config_get, routing_config_update
+from annotation.services.routing import routing_config_update
 from annotation.services.training import training_job_cancel, training_job_create
 
 
@@ -57,19 +61,6 @@ class ModelVersionDetailSerializer(ModelVersionSerializer):
         ]
 
 
-def _versions() -> QuerySet[ModelVersion]:
-    return ModelVersion.objects.defer("metrics", "training_snapshot").order_by("-created_at", "-id")
-
-
-def _version_or_404(version_id: int) -> ModelVersion:
-    try:
-        return ModelVersion.objects.get(pk=version_id)
-    except ModelVersion.DoesNotExist:
-        raise ApplicationError(
-            f"Model version {version_id} does not exist.", code="not_found", status=404
-        ) from None
-
-
 class ModelVersionListApi(APIView):
     permission_classes = [Roles(GET=EVERYONE)]
 
@@ -84,9 +75,7 @@ class ModelVersionListApi(APIView):
     def get(self, request: Request) -> Response:
         params = self.FilterSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        queryset = _versions()
-        if "status" in params.validated_data:
-            queryset = queryset.filter(status=params.validated_data["status"])
+        queryset = model_version_list(status=params.validated_data.get("status"))
         return paginated_response(
             request=request, view=self, queryset=queryset, serializer_class=ModelVersionSerializer
         )
@@ -97,7 +86,7 @@ class ModelVersionDetailApi(APIView):
 
     @extend_schema(responses=ModelVersionDetailSerializer)
     def get(self, request: Request, version_id: int) -> Response:
-        return Response(ModelVersionDetailSerializer(_version_or_404(version_id)).data)
+        return Response(ModelVersionDetailSerializer(model_version_get(version_id=version_id)).data)
 
 
 class ModelVersionCompareApi(APIView):
@@ -182,12 +171,6 @@ class TrainingJobDetailSerializer(TrainingJobSerializer):
         fields = [*TrainingJobSerializer.Meta.fields, "log_tail"]
 
 
-def _jobs() -> QuerySet[TrainingJob]:
-    return TrainingJob.objects.select_related("result_version", "created_by").order_by(
-        "-created_at", "-id"
-    )
-
-
 class TrainingJobListCreateApi(APIView):
     """GET: training jobs, newest first. POST: start retraining now (admins; 409 while
     another job is queued or running)."""
@@ -202,7 +185,10 @@ class TrainingJobListCreateApi(APIView):
     @extend_schema(operation_id="training_jobs_list", responses=paginated(TrainingJobSerializer))
     def get(self, request: Request) -> Response:
         return paginated_response(
-            request=request, view=self, queryset=_jobs(), serializer_class=TrainingJobSerializer
+            request=request,
+            view=self,
+            queryset=training_job_list(),
+            serializer_class=TrainingJobSerializer,
         )
 
     @extend_schema(
@@ -224,12 +210,7 @@ class TrainingJobDetailApi(APIView):
 
     @extend_schema(responses=TrainingJobDetailSerializer)
     def get(self, request: Request, job_id: int) -> Response:
-        try:
-            job = _jobs().get(pk=job_id)
-        except TrainingJob.DoesNotExist:
-            raise ApplicationError(
-                f"Training job {job_id} does not exist.", code="not_found", status=404
-            ) from None
+        job = training_job_get(job_id=job_id)
         return Response(TrainingJobDetailSerializer(job).data)
 
 

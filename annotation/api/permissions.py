@@ -9,17 +9,25 @@ to ``DenyUndeclared`` (settings_api.py), so a new endpoint is closed until someo
 who may use it. ``tests/annotation/api/test_permissions.py`` checks every URL x role x
 method against its own table, so it fails for a new endpoint without an entry there too.
 
-Roles are Django groups (annotation/services/roles.py); a superuser counts as an admin.
+Roles are Django groups; who holds which is ``user_roles`` (annotation/roles.py,
+re-exported here for the API modules); a superuser counts as an admin.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rest_framework.permissions import BasePermission
 
-from annotation.services.roles import ADMIN, DATA_SCIENTIST, HEMATOLOGIST, SENIOR_HEMATOLOGIST
+from annotation.roles import (
+    ADMIN,
+    DATA_SCIENTIST,
+    HEMATOLOGIST,
+    ROLES,
+    SENIOR_HEMATOLOGIST,
+    user_roles,
+)
 
 if TYPE_CHECKING:  # importing DRF views here would be circular (DRF settings load us)
     from rest_framework.request import Request
@@ -27,32 +35,12 @@ if TYPE_CHECKING:  # importing DRF views here would be circular (DRF settings lo
 
 ANYONE = "anonymous"  # not a role: marks endpoints open to unauthenticated requests
 
-EVERYONE: frozenset[str] = frozenset({HEMATOLOGIST, SENIOR_HEMATOLOGIST, ADMIN, DATA_SCIENTIST})
+EVERYONE: frozenset[str] = frozenset(ROLES)
 ADMINS: frozenset[str] = frozenset({ADMIN})
 LABELLERS: frozenset[str] = frozenset({HEMATOLOGIST, SENIOR_HEMATOLOGIST, ADMIN})
 ADJUDICATORS: frozenset[str] = frozenset({SENIOR_HEMATOLOGIST, ADMIN})
 EXPORTERS: frozenset[str] = frozenset({DATA_SCIENTIST, ADMIN})
 PUBLIC: frozenset[str] = frozenset({ANYONE, *EVERYONE})
-
-
-def user_roles(user: Any) -> frozenset[str]:
-    """The roles of a user, read once per request (cached on the user object)."""
-    if user is None or not user.is_authenticated:
-        return frozenset()
-    cached = getattr(user, "_wbc_roles", None)
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
-    roles = roles_from_groups(user.groups.values_list("name", flat=True), user.is_superuser)
-    user._wbc_roles = roles
-    return roles
-
-
-def roles_from_groups(group_names: Iterable[str], is_superuser: bool) -> frozenset[str]:
-    """The roles among a user's group names; a superuser counts as an admin."""
-    names = set(group_names)
-    if is_superuser:
-        names.add(ADMIN)
-    return frozenset(names & EVERYONE)
 
 
 class RolePermission(BasePermission):

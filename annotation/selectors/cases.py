@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet
 
-from annotation.errors import ApplicationError
+from annotation.errors import get_or_404
 from annotation.models import Case, CellImage, Prediction, ReviewItem
 from mlworker.taxonomy import CLASSES
 
@@ -50,12 +50,7 @@ def case_list(*, filters: CaseFilters | None = None) -> QuerySet[Case]:
 
 
 def case_get(*, case_id: int) -> Case:
-    try:
-        return Case.objects.get(pk=case_id)
-    except Case.DoesNotExist:
-        raise ApplicationError(
-            f"Case {case_id} does not exist.", code="not_found", status=404
-        ) from None
+    return get_or_404(Case, what="Case", pk=case_id)
 
 
 def case_open_cell_count(*, case_id: int) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
-from annotation.errors import ApplicationError
+from annotation.errors import get_or_404
 from annotation.models import CellImage, Label, Prediction, ReviewItem, Segmentation
 
 OPEN_ITEM_STATUSES = (ReviewItem.Status.QUEUED, ReviewItem.Status.LEASED)
@@ -93,12 +93,12 @@ def cell_get(*, cell_id: int) -> CellImage:
         Prefetch("labels", queryset=visible_labels().select_related("annotator").order_by("id")),
         Prefetch("review_items", queryset=ReviewItem.objects.order_by("-created_at", "-id")),
     )
-    try:
-        return qs.get(pk=cell_id)
-    except CellImage.DoesNotExist:
-        raise ApplicationError(
-            f"Cell {cell_id} does not exist.", code="not_found", status=404
-        ) from None
+    return get_or_404(qs, what="Cell", pk=cell_id)
+
+
+def cell_image_file_get(*, cell_id: int) -> CellImage:
+    """Just the cell's image file name, for serving the image or its thumbnail."""
+    return get_or_404(CellImage.objects.only("image"), what="Cell", pk=cell_id)
 
 
 def visible_labels() -> QuerySet[Label]:
@@ -114,18 +114,12 @@ def visible_labels() -> QuerySet[Label]:
 
 
 def cell_label_history(*, cell_id: int) -> QuerySet[Label]:
-    if not CellImage.objects.filter(pk=cell_id).exists():
-        raise ApplicationError(f"Cell {cell_id} does not exist.", code="not_found", status=404)
+    get_or_404(CellImage.objects.only("pk"), what="Cell", pk=cell_id)
     return visible_labels().filter(cell_id=cell_id).select_related("annotator").order_by("id")
 
 
 def segmentation_get(*, segmentation_id: int) -> Segmentation:
-    try:
-        return Segmentation.objects.get(pk=segmentation_id)
-    except Segmentation.DoesNotExist:
-        raise ApplicationError(
-            f"Segmentation {segmentation_id} does not exist.", code="not_found", status=404
-        ) from None
+    return get_or_404(Segmentation, what="Segmentation", pk=segmentation_id)
 
 
 def cell_ids_matching(*, filters: CellFilters) -> QuerySet[CellImage]:
@@ -138,6 +132,7 @@ __all__ = [
     "CellFilters",
     "cell_get",
     "cell_ids_matching",
+    "cell_image_file_get",
     "cell_label_history",
     "cell_list",
     "segmentation_get",

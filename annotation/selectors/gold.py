@@ -11,7 +11,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from annotation.models import GoldCell, Label, ModelVersion, Prediction
-from annotation.services.routing import routing_config_get
+from annotation.selectors.routing import routing_config_get
 from mlworker.taxonomy import CODES
 
 UNKNOWN = "unknown"

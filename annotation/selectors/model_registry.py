@@ -2,16 +2,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from annotation.errors import ApplicationError
+from django.db.models import QuerySet
+
+from annotation.errors import ApplicationError, get_or_404
 from annotation.models import ModelVersion
-from annotation.services.model_registry import guard_comparison, per_class_tpr
+from annotation.rules import guard_comparison, per_class_tpr
 
 
-def model_version_active() -> ModelVersion | None:
-    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+def model_version_list(*, status: str | None = None) -> QuerySet[ModelVersion]:
+    """Versions newest first, without their bulky metrics and training snapshot."""
+    qs = ModelVersion.objects.defer("metrics", "training_snapshot").order_by("-created_at", "-id")
+    return qs if status is None else qs.filter(status=status)
+
+
+def model_version_get(*, version_id: int) -> ModelVersion:
+    return get_or_404(ModelVersion, what="Model version", pk=version_id)
 
 
 def model_version_compare(*, a_id: int, b_id: int) -> dict[str, Any]:
+    """Per-class TPR of two versions side by side, and whether ``b`` would pass the
+    promotion guard against ``a``."""
     versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=[a_id, b_id])}
     missing = [str(i) for i in (a_id, b_id) if i not in versions]
     if missing:

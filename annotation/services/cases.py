@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from annotation.errors import ApplicationError
+from annotation.errors import ApplicationError, get_or_404
 from annotation.models import Case
 from annotation.selectors.cases import case_open_cell_count
 from annotation.services.audit import audit_event_create
@@ -62,12 +62,7 @@ def case_signoff(*, case_id: int, user: UserLike) -> Case:
     of its cells (open review items or unsettled label conflicts)."""
     with transaction.atomic():
         # Locked so two sign-offs, or a sign-off racing a status change, serialise.
-        try:
-            case = Case.objects.select_for_update().get(pk=case_id)
-        except Case.DoesNotExist:
-            raise ApplicationError(
-                f"Case {case_id} does not exist.", code="not_found", status=404
-            ) from None
+        case = get_or_404(Case.objects.select_for_update(), what="Case", pk=case_id)
         if case.status == Case.Status.SIGNED_OFF:
             raise ApplicationError(
                 f"Case {case.accession_id} is already signed off.",

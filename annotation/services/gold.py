@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotation.errors import ApplicationError
+from annotation.errors import ApplicationError, get_or_404
 from annotation.models import (
     CellImage,
     GoldCell,
@@ -25,11 +25,12 @@ from annotation.models import (
     ReviewItem,
     RoutingConfig,
 )
+from annotation.rules import AUDIT, route_reasons, weak_classes
+from annotation.selectors.routing import routing_config_get
 from annotation.services.audit import audit_event_create, fields_state
 from annotation.services.events import queue_changed_on_commit
 from annotation.services.labels import valid_code
 from annotation.services.pipeline import gold_cell_enqueue_scoring
-from annotation.services.routing import AUDIT, route_reasons, routing_config_get, weak_classes
 from annotation.types import UserLike
 
 # The draws that decide which handed-out cells are gold. Seed it (gold_rng_seed) for a
@@ -55,12 +56,7 @@ def gold_cell_mark(*, user: UserLike | None, cell_id: int, diff14: str, note: st
     code = valid_code(diff14, field="diff14")
     with transaction.atomic():
         # The cell row is the lock: two admins marking the same cell at once serialise.
-        try:
-            cell = CellImage.objects.select_for_update().get(pk=cell_id)
-        except CellImage.DoesNotExist:
-            raise ApplicationError(
-                f"Cell {cell_id} does not exist.", code="not_found", status=404
-            ) from None
+        cell = get_or_404(CellImage.objects.select_for_update(), what="Cell", pk=cell_id)
         gold = GoldCell.objects.filter(cell=cell).select_related("marked_by").first()
         if gold is not None and gold.retired_at is None:
             by = gold.marked_by.get_username() if gold.marked_by else "an import"
@@ -165,7 +161,7 @@ def gold_items_mix(
         .exclude(reads__annotator=user)
         .exists()
     )
-    version = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+    version = ModelVersion.objects.active()
     if not ordinary_work or version is None:
         return []
     candidates = list(

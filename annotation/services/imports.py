@@ -23,7 +23,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotation.errors import ApplicationError
+from annotation.errors import ApplicationError, broker_errors
 from annotation.importing.inspect import ImageRejected, InspectedImage, inspect_image_bytes
 from annotation.importing.sources import SourceFile, SourceListing, list_folder, unpacked_zip
 from annotation.models import AuditEvent, Case, CellImage, ImportBatch, Label
@@ -436,13 +436,10 @@ def _enqueue_processing(summary: ImportSummary) -> None:
     """Queue the new cells' processing. The cells are stored either way: when Redis is
     down the import still succeeds and says so, and `manage.py score_pending` queues
     whatever lacks a segmentation or prediction once Redis is back."""
-    import redis
-    from kombu.exceptions import OperationalError as BrokerError
-
     try:
         # Each batch of cells has committed already; inside a caller's transaction the
         # tasks go out when it commits.
         cells_enqueue_processing(cell_ids=summary.cell_ids)
-    except (BrokerError, redis.ConnectionError, redis.TimeoutError) as exc:
+    except broker_errors() as exc:
         logger.error("import stored %d cells but could not queue them: %s", summary.new_cells, exc)
         summary.processing_not_queued = True

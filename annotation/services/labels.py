@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from annotation.errors import ApplicationError
+from annotation.errors import ApplicationError, get_or_404
 from annotation.models import CellImage, Label, ReviewItem
 from annotation.services.audit import audit_event_create
 from annotation.types import UserLike
@@ -76,12 +76,7 @@ def cell_label_create(
     if source != Label.Source.IMPORTED and annotator is None:
         raise ApplicationError("A label given by a person must name the person.")
     with transaction.atomic():
-        try:
-            cell = CellImage.objects.select_for_update().get(pk=cell_id)
-        except CellImage.DoesNotExist:
-            raise ApplicationError(
-                f"Cell {cell_id} does not exist.", code="not_found", status=404
-            ) from None
+        cell = get_or_404(CellImage.objects.select_for_update(), what="Cell", pk=cell_id)
         previous = (
             Label.objects.select_related(None).get(pk=cell.current_label_id)
             if cell.current_label_id

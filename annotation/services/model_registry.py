@@ -1,4 +1,7 @@
-"""Model versions: register, promote (with the no-regression guard), roll back."""
+"""Model versions: register, promote (with the no-regression guard), roll back.
+
+The guard itself is a rule without database access (annotation/rules.py), shared with the
+comparison selector so that "would pass" and "was promoted" never disagree."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotation.errors import ApplicationError
+from annotation.errors import ApplicationError, get_or_404
 from annotation.models import CellImage, ModelVersion
+from annotation.rules import guard_comparison, per_class_tpr
 from annotation.services.audit import audit_event_create
 from annotation.services.events import JOBS_GROUP, broadcast
 from annotation.services.pipeline import gold_cells_enqueue_scoring
@@ -26,17 +30,9 @@ if TYPE_CHECKING:
 # mlworker.model pulls in torch (about 6 s and 300 MB): imported where a checkpoint is
 # read, so the web process, which only lists versions, never loads it.
 
-# A candidate is promoted automatically only if balanced accuracy does not drop and no
-# class's TPR drops by more than this.
-MAX_CLASS_TPR_DROP = 0.05
-
 
 def _next_name() -> str:
     return f"v{ModelVersion.objects.count() + 1}"
-
-
-def per_class_tpr(metrics: dict[str, Any]) -> dict[str, float | None]:
-    return {code: row.get("tpr") for code, row in (metrics.get("per_class") or {}).items()}
 
 
 def model_version_register(
@@ -103,41 +99,12 @@ def model_version_checkpoint(version: ModelVersion) -> Checkpoint:
     return load_checkpoint(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
 
 
-def guard_comparison(candidate: ModelVersion, active: ModelVersion | None) -> dict[str, Any]:
-    """The promotion guard on the shared evaluation set: candidate vs active."""
-    if active is None:
-        return {"passes": True, "reasons": ["no active version"]}
-    cand = candidate.metrics.get("evaluation_set") or candidate.metrics
-    act = (candidate.metrics.get("active_on_evaluation_set") or active.metrics) or {}
-    reasons = []
-    cb, ab = cand.get("balanced_accuracy"), act.get("balanced_accuracy")
-    if cb is None or ab is None:
-        reasons.append("balanced accuracy missing for one of the versions")
-    elif cb < ab:
-        reasons.append(f"balanced accuracy drops from {ab:.3f} to {cb:.3f}")
-    drops = {}
-    ctpr, atpr = per_class_tpr(cand), per_class_tpr(act)
-    for code, before in atpr.items():
-        after = ctpr.get(code)
-        if before is not None and after is not None and before - after > MAX_CLASS_TPR_DROP:
-            drops[code] = {"active": before, "candidate": after}
-            reasons.append(f"{code} TPR drops from {before:.2f} to {after:.2f}")
-    return {
-        "passes": not reasons,
-        "reasons": reasons,
-        "balanced_accuracy": {"candidate": cb, "active": ab},
-        "class_drops": drops,
-    }
-
-
 def _activate(
     version: ModelVersion, user: UserLike | None, action: str, extra: dict[str, Any]
 ) -> ModelVersion:
     from annotation.services.pipeline import cells_enqueue_scoring
 
-    previous = (
-        ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE).first()
-    )
+    previous = ModelVersion.objects.select_for_update().active()
     if previous is not None:
         previous.status = ModelVersion.Status.RETIRED
         previous.save(update_fields=["status"])
@@ -170,12 +137,9 @@ def model_version_promote(
     *, version_id: int, user: UserLike | None, force: bool = False
 ) -> ModelVersion:
     with transaction.atomic():
-        try:
-            version = ModelVersion.objects.select_for_update().get(pk=version_id)
-        except ModelVersion.DoesNotExist:
-            raise ApplicationError(
-                f"Model version {version_id} does not exist.", code="not_found", status=404
-            ) from None
+        version = get_or_404(
+            ModelVersion.objects.select_for_update(), what="Model version", pk=version_id
+        )
         if version.status != ModelVersion.Status.CANDIDATE:
             raise ApplicationError(
                 f"{version.name} is {version.status}; only a candidate can be promoted "
@@ -183,7 +147,7 @@ def model_version_promote(
                 code="not_a_candidate",
                 status=409,
             )
-        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+        active = ModelVersion.objects.active()
         guard = guard_comparison(version, active)
         if not guard["passes"] and not force:
             raise ApplicationError(
@@ -204,12 +168,9 @@ def model_version_promote(
 
 def model_version_rollback(*, version_id: int, user: UserLike | None) -> ModelVersion:
     with transaction.atomic():
-        try:
-            version = ModelVersion.objects.select_for_update().get(pk=version_id)
-        except ModelVersion.DoesNotExist:
-            raise ApplicationError(
-                f"Model version {version_id} does not exist.", code="not_found", status=404
-            ) from None
+        version = get_or_404(
+            ModelVersion.objects.select_for_update(), what="Model version", pk=version_id
+        )
         if version.status != ModelVersion.Status.RETIRED or not version.checkpoint:
             raise ApplicationError(
                 f"{version.name} is {version.status}; rollback returns to a retired version "

@@ -12,13 +12,13 @@ from datetime import timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
-from annotation.errors import ApplicationError
+from annotation.errors import ApplicationError, get_or_404
 from annotation.models import Label, ReviewItem, ReviewSkip
+from annotation.selectors.routing import routing_config_get
 from annotation.services.audit import audit_event_create
 from annotation.services.events import queue_changed_on_commit
 from annotation.services.gold import gold_item_return, gold_items_mix
 from annotation.services.labels import cell_label_create, cell_label_gold_read_create
-from annotation.services.routing import routing_config_get
 from annotation.types import UserLike
 
 
@@ -143,12 +143,7 @@ def review_item_next(*, user: UserLike) -> ReviewItem | None:
 
 
 def _locked_item_of(item_id: int, user: UserLike) -> ReviewItem:
-    try:
-        item = ReviewItem.objects.select_for_update().get(pk=item_id)
-    except ReviewItem.DoesNotExist:
-        raise ApplicationError(
-            f"Review item {item_id} does not exist.", code="not_found", status=404
-        ) from None
+    item = get_or_404(ReviewItem.objects.select_for_update(), what="Review item", pk=item_id)
     if item.status != ReviewItem.Status.LEASED or item.leased_to_id != user.pk:
         holder = "nobody" if item.leased_to_id is None else "someone else"
         raise ApplicationError(
@@ -217,12 +212,7 @@ def review_item_adjudicate(*, item_id: int, user: UserLike, code: str) -> Label:
             status=403,
         )
     with transaction.atomic():
-        try:
-            item = ReviewItem.objects.select_for_update().get(pk=item_id)
-        except ReviewItem.DoesNotExist:
-            raise ApplicationError(
-                f"Review item {item_id} does not exist.", code="not_found", status=404
-            ) from None
+        item = get_or_404(ReviewItem.objects.select_for_update(), what="Review item", pk=item_id)
         if item.status != ReviewItem.Status.ADJUDICATION:
             raise ApplicationError(
                 f"Review item {item_id} is {item.status}, not awaiting adjudication.",

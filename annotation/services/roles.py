@@ -1,4 +1,5 @@
-"""Roles are Django groups with permissions; this module is their one definition."""
+"""Roles are Django groups with permissions: this module makes the groups and gives them
+their permissions. The role names, and who holds which role, are annotation/roles.py's."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from typing import Any
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 
-HEMATOLOGIST = "hematologist"
-# A hematologist who also settles disagreements between independent reads.
-SENIOR_HEMATOLOGIST = "senior_hematologist"
-ADMIN = "admin"
-DATA_SCIENTIST = "data_scientist"
-ROLES = (HEMATOLOGIST, SENIOR_HEMATOLOGIST, ADMIN, DATA_SCIENTIST)
+from annotation.roles import ADMIN, DATA_SCIENTIST, HEMATOLOGIST, ROLES, SENIOR_HEMATOLOGIST
+
+__all__ = [
+    "ADMIN",
+    "DATA_SCIENTIST",
+    "HEMATOLOGIST",
+    "ROLES",
+    "ROLE_PERMISSIONS",
+    "SENIOR_HEMATOLOGIST",
+    "roles_ensure",
+    "roles_ensure_on_migrate",
+]
 
 _READ = [
     "annotation.view_case",

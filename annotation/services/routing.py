@@ -1,8 +1,11 @@
-"""Which cells go to the review queue, why, and in what order. See review_queue.md."""
+"""Which cells go to the review queue and in what order. See review_queue.md.
+
+Why a cell is queued (the route reasons, weak classes) is a rule without database access
+in annotation/rules.py; the settings row is read by annotation/selectors/routing.py.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,17 +16,13 @@ from django.utils import timezone
 
 from annotation.errors import ApplicationError
 from annotation.models import ModelVersion, Prediction, ReviewItem, RoutingConfig
+from annotation.rules import REASONS, route_reasons, weak_classes
+from annotation.selectors.routing import routing_config_get
 from annotation.services.audit import audit_event_create, fields_state
 from annotation.services.events import queue_changed_on_commit
 from annotation.types import UserLike
 from mlworker import active_learning
-from mlworker.taxonomy import ABNORMAL_CODES, CODES
-
-LOW_CONFIDENCE = "low_confidence"
-WEAK_CLASS = "weak_class"
-DISAGREEMENT = "disagreement"
-AUDIT = "audit"
-REASONS = (LOW_CONFIDENCE, WEAK_CLASS, DISAGREEMENT, AUDIT)
+from mlworker.taxonomy import ABNORMAL_CODES
 
 _LIMITS: dict[str, tuple[float, float]] = {
     "confidence_threshold": (0.0, 1.0),
@@ -34,14 +33,6 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "labels_required_abnormal": (1, 5),
     "gold_rate": (0.0, 0.5),
 }
-
-
-def routing_config_get() -> RoutingConfig:
-    """The one settings row, made with the defaults on first use. Every queue 'next'
-    reads it, in SQL: the ORM took longer to compile the query than PostgreSQL to run it."""
-    table = RoutingConfig._meta.db_table
-    found = list(RoutingConfig.objects.raw(f"SELECT * FROM {table} ORDER BY id LIMIT 1"))
-    return found[0] if found else RoutingConfig.objects.create()
 
 
 @transaction.atomic
@@ -78,45 +69,6 @@ def routing_config_update(*, user: UserLike | None, **fields: Any) -> RoutingCon
         after=fields_state(config, before),
     )
     return config
-
-
-def weak_classes(version: ModelVersion, tpr_threshold: float) -> set[str]:
-    """Classes whose validation TPR is below the threshold. A class the version was never
-    validated on (TPR unknown) counts as weak: nobody has shown the model gets it right."""
-    weak = set()
-    for code in version.class_codes or CODES:
-        tpr = (version.per_class_tpr or {}).get(code)
-        if tpr is None or tpr < tpr_threshold:
-            weak.add(code)
-    return weak
-
-
-def _audit_draw(cell_id: int, version_id: int) -> float:
-    """A reproducible uniform draw per (cell, version): re-routing never re-rolls it."""
-    digest = hashlib.sha256(f"audit:{cell_id}:{version_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def route_reasons(
-    *,
-    prediction: Prediction,
-    config: RoutingConfig,
-    weak: set[str],
-    has_conflict: bool,
-) -> list[str]:
-    reasons = []
-    if prediction.confidence < config.confidence_threshold:
-        reasons.append(LOW_CONFIDENCE)
-    if prediction.top_code in weak:
-        reasons.append(WEAK_CLASS)
-    if has_conflict:
-        reasons.append(DISAGREEMENT)
-    if (
-        not reasons
-        and _audit_draw(prediction.cell_id, prediction.model_version_id) < config.audit_rate
-    ):
-        reasons.append(AUDIT)
-    return reasons
 
 
 def labels_required(prediction: Prediction, config: RoutingConfig) -> int:

@@ -33,21 +33,6 @@ def write_curves(points: Sequence[CurvePoint], path: Path) -> None:
             )
 
 
-def read_curves(path: Path) -> list[CurvePoint]:
-    with path.open(newline="") as handle:
-        return [
-            CurvePoint(
-                strategy=row["strategy"],
-                repeat=int(row["repeat"]),
-                round=int(row["round"]),
-                labels=int(row["labels"]),
-                balanced_accuracy=float(row["balanced_accuracy"]),
-                abnormal_tpr=float(row["abnormal_tpr"]) if row["abnormal_tpr"] else None,
-            )
-            for row in csv.DictReader(handle)
-        ]
-
-
 def curve_table(
     points: Sequence[CurvePoint], strategy: str, metric: str = "balanced_accuracy"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

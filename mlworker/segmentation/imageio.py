@@ -13,8 +13,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Values of the three regions in a label image, as in the expert masks.
-BACKGROUND, CYTOPLASM, NUCLEUS = 0, 128, 255
+# The mask codes and thresholds live in masks.py; label_image is re-exported for callers.
+from mlworker.segmentation.masks import label_image, wbc_and_nucleus
+
+__all__ = [
+    "ImageFormatError",
+    "decode_label_png",
+    "encode_label_png",
+    "label_image",
+    "read_image",
+    "to_rgb_uint8",
+]
 
 MIN_SIDE = 16
 MAX_SIDE = 4096
@@ -99,14 +108,6 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageFormatError(f"cannot read image {path}: {exc}") from exc
 
 
-def label_image(wbc_mask: np.ndarray, nucleus_mask: np.ndarray) -> np.ndarray:
-    """Combine the two masks into one uint8 label image: 0 / 128 / 255."""
-    labels = np.full(wbc_mask.shape, BACKGROUND, dtype=np.uint8)
-    labels[wbc_mask] = CYTOPLASM
-    labels[nucleus_mask & wbc_mask] = NUCLEUS
-    return labels
-
-
 def encode_label_png(wbc_mask: np.ndarray, nucleus_mask: np.ndarray) -> bytes:
     """Encode the masks as a single 8-bit grayscale PNG (0 / 128 / 255)."""
     buffer = io.BytesIO()
@@ -117,10 +118,10 @@ def encode_label_png(wbc_mask: np.ndarray, nucleus_mask: np.ndarray) -> bytes:
 def decode_label_png(data: bytes | str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Decode a label PNG (bytes or a path) into ``(wbc_mask, nucleus_mask)``.
 
-    Values are read with a tolerance (anything from 64 up is WBC, from 192 up nucleus), so
+    Values are read with the tolerant thresholds of :mod:`mlworker.segmentation.masks`, so
     that masks that went through a lossy resize still decode.
     """
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     with Image.open(source) as image:
         labels = np.asarray(image.convert("L"))
-    return labels >= 64, labels >= 192
+    return wbc_and_nucleus(labels)

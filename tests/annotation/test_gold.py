@@ -27,13 +27,14 @@ from annotation.models import (
     Prediction,
     ReviewItem,
 )
+from annotation.rules import REASONS
 from annotation.selectors.gold import gold_performance
 from annotation.services import review_queue as rq
 from annotation.services.gold import gold_cell_mark, gold_cell_retire, gold_rng_seed
 from annotation.services.imports import cells_import
 from annotation.services.labels import cell_label_create
 from annotation.services.model_registry import model_version_register
-from annotation.services.routing import REASONS, cells_route, routing_config_update
+from annotation.services.routing import cells_route, routing_config_update
 from annotation.services.users import user_create_with_role
 from mlworker.taxonomy import CODES
 from tests.annotation.helpers import copy_files, first_images

@@ -11,7 +11,7 @@ from django.core.management.base import CommandError
 
 from annotation.errors import ApplicationError
 from annotation.models import AuditEvent, ModelVersion
-from annotation.selectors.model_registry import model_version_active, model_version_compare
+from annotation.selectors.model_registry import model_version_compare
 from annotation.services.model_registry import (
     model_version_promote,
     model_version_register,
@@ -34,7 +34,7 @@ def test_first_version_is_promoted_and_an_improving_candidate_replaces_it(tmp_pa
     v2 = _register(tmp_path, "v2", balanced=0.85, tpr={"MY": 0.70})
     model_version_promote(version_id=v2.pk, user=None)
     v1.refresh_from_db()
-    assert model_version_active() == v2 and v1.status == "retired"
+    assert ModelVersion.objects.active() == v2 and v1.status == "retired"
     assert AuditEvent.objects.filter(action="model.promote").count() == 2
 
 
@@ -48,13 +48,13 @@ def test_a_regressing_candidate_is_held_back_with_the_reason(tmp_path: Path) -> 
     worse_overall = _register(tmp_path, "v3", balanced=0.84, tpr={"MY": 0.80})
     with pytest.raises(ApplicationError, match="balanced accuracy drops"):
         model_version_promote(version_id=worse_overall.pk, user=None)
-    assert model_version_active() == v1
+    assert ModelVersion.objects.active() == v1
     comparison = model_version_compare(a_id=v1.pk, b_id=worse_class.pk)
     assert comparison["per_class_tpr"]["MY"]["delta"] == pytest.approx(-0.10)
     assert comparison["guard_b_over_a"]["passes"] is False
     # An admin may overrule the guard; the audit trail says so.
     model_version_promote(version_id=worse_class.pk, user=None, force=True)
-    assert model_version_active() == worse_class
+    assert ModelVersion.objects.active() == worse_class
     assert AuditEvent.objects.filter(action="model.promote").last().after["forced"] is True
 
 
@@ -67,7 +67,7 @@ def test_rollback_returns_to_a_retired_version_only(tmp_path: Path) -> None:
         model_version_rollback(version_id=v2.pk, user=None)
     model_version_rollback(version_id=v1.pk, user=None)
     v2.refresh_from_db()
-    assert model_version_active() == v1 and v2.status == "retired"
+    assert ModelVersion.objects.active() == v1 and v2.status == "retired"
 
 
 def test_a_broken_checkpoint_is_refused(tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_operator_commands(tmp_path: Path) -> None:
         call_command("promote", "worse", stdout=out)
     call_command("promote", "worse", "--force", stdout=out)
     call_command("rollback", "base", stdout=out)
-    assert model_version_active().name == "base"
+    assert ModelVersion.objects.active().name == "base"
     with pytest.raises(CommandError, match="No model version 'nope'"):
         call_command("promote", "nope")
     call_command("queue_stats", "--json", stdout=out)

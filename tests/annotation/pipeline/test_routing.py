@@ -21,8 +21,9 @@ from annotation.models import (
     ReviewItem,
     ReviewSkip,
 )
+from annotation.selectors.routing import routing_config_get
 from annotation.services import review_queue as rq
-from annotation.services.routing import cells_route, routing_config_get, routing_config_update
+from annotation.services.routing import cells_route, routing_config_update
 from mlworker.taxonomy import CODES
 
 pytestmark = pytest.mark.django_db
