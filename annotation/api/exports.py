@@ -8,7 +8,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
-from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import reverse
@@ -29,9 +28,10 @@ from annotation.api.common import (
     request_user,
     storage_file_response,
 )
-from annotation.api.permissions import EXPORTERS, Roles, user_roles
+from annotation.api.permissions import EXPORTERS, Roles
 from annotation.errors import ApplicationError
 from annotation.models import ExportJob, Label
+from annotation.selectors.exports import export_job_get, export_job_list
 from annotation.services.exports import (
     FORMATS,
     LABEL_STATUSES,
@@ -42,10 +42,11 @@ from annotation.services.exports import (
     export_stream,
     export_sync_limit,
 )
-from annotation.services.roles import ADMIN
 
 
 class ExportJobSerializer(serializers.ModelSerializer[ExportJob]):
+    """The output of every export-job endpoint (and of a 202 export)."""
+
     download_url = serializers.SerializerMethodField()
     status_url = serializers.SerializerMethodField()
     requested_by = serializers.CharField(source="requested_by.username", allow_null=True)
@@ -160,26 +161,9 @@ class ExportApi(APIView):
         return response
 
 
-def _visible_jobs(request: Request) -> QuerySet[ExportJob]:
-    """Admins see every export job; others their own."""
-    jobs = ExportJob.objects.select_related("requested_by").order_by("-created_at", "-id")
-    if ADMIN in user_roles(request.user):
-        return jobs
-    return jobs.filter(requested_by=request.user.pk)
-
-
-def _job_or_404(request: Request, job_id: int) -> ExportJob:
-    try:
-        return _visible_jobs(request).get(pk=job_id)
-    except ExportJob.DoesNotExist:
-        raise ApplicationError(
-            f"Export job {job_id} does not exist (or is another user's).",
-            code="not_found",
-            status=404,
-        ) from None
-
-
 class ExportJobListApi(APIView):
+    """Export jobs, newest first: a user's own, or every job for an admin."""
+
     permission_classes = [Roles(GET=EXPORTERS)]
 
     @extend_schema(operation_id="export_jobs_list", responses=paginated(ExportJobSerializer))
@@ -187,21 +171,25 @@ class ExportJobListApi(APIView):
         return paginated_response(
             request=request,
             view=self,
-            queryset=_visible_jobs(request),
+            queryset=export_job_list(user=request_user(request)),
             serializer_class=ExportJobSerializer,
         )
 
 
 class ExportJobDetailApi(APIView):
+    """One export job: its status, progress and, once it succeeded, the download URL."""
+
     permission_classes = [Roles(GET=EXPORTERS)]
 
     @extend_schema(responses=ExportJobSerializer)
     def get(self, request: Request, job_id: int) -> Response:
-        job = _job_or_404(request, job_id)
+        job = export_job_get(user=request_user(request), job_id=job_id)
         return Response(ExportJobSerializer(job, context={"request": request}).data)
 
 
 class ExportJobDownloadApi(APIView):
+    """The zip of a succeeded export job; 409 while it is queued, running or failed."""
+
     permission_classes = [Roles(GET=EXPORTERS)]
 
     @extend_schema(
@@ -212,7 +200,7 @@ class ExportJobDownloadApi(APIView):
         }
     )
     def get(self, request: Request, job_id: int) -> HttpResponseBase:
-        job = _job_or_404(request, job_id)
+        job = export_job_get(user=request_user(request), job_id=job_id)
         if job.status != ExportJob.Status.SUCCEEDED or not job.file:
             raise ApplicationError(
                 f"Export job {job.pk} is {job.status}"

@@ -14,9 +14,11 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from annotation.models import Case, CellImage, ExportJob
 from annotation.services.exports import rle_decode, rle_encode
+from mlworker.segmentation.masks import wbc_and_nucleus
 
 pytestmark = pytest.mark.django_db
 
@@ -121,6 +123,33 @@ def test_rle_matches_the_pycocotools_convention() -> None:
     assert np.array_equal(rle_decode(rle_encode(random_mask)), random_mask)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_uncompressed_rle_is_what_pycocotools_encodes(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(1, 60, size=2)
+    mask = rng.random((height, width)) > rng.random()
+    mask[0, 0] = bool(seed % 2)  # runs that start with a one, and with a zero
+    ours = rle_encode(mask)
+    theirs = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+    assert coco_mask.frPyObjects(ours, int(height), int(width)) == theirs
+    assert np.array_equal(coco_mask.decode(theirs).astype(bool), mask)
+
+
+def test_coco_masks_decode_with_pycocotools_and_bbox_area_are_its_own(ds_api, smear) -> None:
+    doc = json.loads(export(ds_api, format="coco").read("annotations.json"))
+    masked = next(a for a in doc["annotations"] if a["image_id"] == smear["labelled"][0].pk)
+    with smear["labelled"][0].segmentations.get().mask.open("rb") as fh:
+        wbc, nucleus = wbc_and_nucleus(np.asarray(Image.open(fh).convert("L")))
+    height, width = wbc.shape
+    for rle, expected in ((masked["segmentation"], wbc), (masked["nucleus_segmentation"], nucleus)):
+        assert rle["size"] == [height, width] and all(isinstance(c, int) for c in rle["counts"])
+        decoded = coco_mask.decode(coco_mask.frPyObjects(rle, height, width))
+        assert np.array_equal(decoded.astype(bool), expected)
+    compressed = coco_mask.frPyObjects(masked["segmentation"], height, width)
+    assert masked["area"] == int(coco_mask.area(compressed))
+    assert masked["bbox"] == [int(v) for v in coco_mask.toBbox(compressed)]
+
+
 def test_an_imagefolder_export_reimports_as_the_same_cells_and_labels(
     ds_api, smear, tmp_path
 ) -> None:
@@ -179,6 +208,17 @@ def test_download_of_an_unfinished_job_is_409(ds_api, users) -> None:
     assert response.status_code == 409 and response.json()["error"]["code"] == "not_ready"
     listing = ds_api.get("/api/export-jobs/").json()
     assert [j["id"] for j in listing["results"]] == [job.pk]
+
+
+def test_admins_see_every_export_job_others_only_their_own(clients, ds_api, users) -> None:
+    own = ExportJob.objects.create(format="csv", requested_by=users["data_scientist"])
+    other = ExportJob.objects.create(format="coco", requested_by=users["admin"])
+    admin_listing = clients["admin"].get("/api/export-jobs/").json()
+    assert [j["id"] for j in admin_listing["results"]] == [other.pk, own.pk]
+    assert clients["admin"].get(f"/api/export-jobs/{own.pk}/").json()["id"] == own.pk
+    hidden = ds_api.get(f"/api/export-jobs/{other.pk}/download/")
+    assert hidden.status_code == 404
+    assert hidden.json()["error"]["message"] == f"Export job {other.pk} does not exist."
 
 
 def test_under_asgi_the_zip_is_pulled_piece_by_piece() -> None:
