@@ -4,8 +4,10 @@ so nothing is announced that was rolled back."""
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
+from asgiref.local import Local
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -48,16 +50,42 @@ def queue_changed() -> None:
         logger.warning("could not mark the queue counts dirty", exc_info=True)
 
 
+class _QueueMark:
+    """One pending ``queue_changed`` for one transaction, registered with ``on_commit``.
+
+    Django's on-commit list holds the only strong reference. When the transaction (or the
+    savepoint it was registered in) rolls back, Django drops those callbacks, the mark is
+    freed and the weak reference ``queue_changed_on_commit`` keeps goes dead: a rolled-back
+    transaction can never suppress the next one's mark. When it commits, the mark runs and
+    says so (``ran``), so the next transaction registers its own.
+    """
+
+    __slots__ = ("__weakref__", "ran")
+
+    def __init__(self) -> None:
+        self.ran = False
+
+    def __call__(self) -> None:
+        self.ran = True
+        queue_changed()
+
+
+# Scoped like Django's own connections (per thread, per async context), so each mark is
+# looked up on the connection whose transaction holds it.
+_pending = Local()
+
+
 def queue_changed_on_commit() -> None:
     """``queue_changed`` when the current transaction commits, once however many changes
     the transaction makes (a submit closes its item and labels the cell: two changes, one
     mark in Redis)."""
-    connection = transaction.get_connection()
-    if connection.in_atomic_block and any(
-        func is queue_changed for _, func, _ in connection.run_on_commit
-    ):
-        return
-    transaction.on_commit(queue_changed)
+    ref: weakref.ref[_QueueMark] | None = getattr(_pending, "mark", None)
+    mark = ref() if ref is not None else None
+    if mark is not None and not mark.ran:
+        return  # this transaction already marks the queue on commit
+    mark = _QueueMark()
+    _pending.mark = weakref.ref(mark)
+    transaction.on_commit(mark)  # outside a transaction this runs it at once
 
 
 def queue_counts_broadcast() -> None:

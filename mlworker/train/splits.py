@@ -6,6 +6,13 @@
 - ``split_train_val``: stratified by class; images with a ``patient`` are split by
   patient, so no patient has images on both sides (cells of one patient are correlated).
   Images without a patient (e.g. PBC) are split image by image within each class.
+- ``split_train_val_test``: the same rules, three ways: train, validation (every decision:
+  early stopping, calibration, the promotion guard) and test (reported, never used to
+  decide anything, so its numbers are not flattered by the choices made on validation).
+
+The CLI and the product's fixed evaluation set (annotation/services/training/dataset.py,
+which passes the case as the patient) both split with these, so the two cannot disagree.
+Anything with ``code`` and ``patient`` can be split (``Splittable``), not only ``Sample``.
 """
 
 from __future__ import annotations
@@ -17,11 +24,25 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from mlworker import taxonomy
 from mlworker.data import Sample
 
 logger = logging.getLogger(__name__)
+
+
+class Splittable(Protocol):
+    """What the splitters read: a class and, when known, a patient (or case)."""
+
+    @property
+    def code(self) -> str | None: ...
+
+    @property
+    def patient(self) -> str | None: ...
+
+
+SplittableT = TypeVar("SplittableT", bound=Splittable)
 
 
 def class_counts(samples: Iterable[Sample]) -> dict[str, int]:
@@ -93,13 +114,13 @@ def cap_per_class(samples: Sequence[Sample], cap: int, seed: int) -> list[Sample
 
 
 def _split_ungrouped(
-    samples: list[Sample], fraction: float, rng: random.Random
-) -> tuple[list[Sample], list[Sample]]:
-    by_class: dict[str | None, list[Sample]] = defaultdict(list)
+    samples: list[SplittableT], fraction: float, rng: random.Random
+) -> tuple[list[SplittableT], list[SplittableT]]:
+    by_class: dict[str | None, list[SplittableT]] = defaultdict(list)
     for sample in samples:
         by_class[sample.code].append(sample)
-    train: list[Sample] = []
-    val: list[Sample] = []
+    train: list[SplittableT] = []
+    val: list[SplittableT] = []
     for code in sorted(by_class, key=str):
         items = by_class[code][:]
         rng.shuffle(items)
@@ -112,15 +133,15 @@ def _split_ungrouped(
 
 
 def _split_grouped(
-    samples: list[Sample], fraction: float, rng: random.Random
-) -> tuple[list[Sample], list[Sample]]:
+    samples: list[SplittableT], fraction: float, rng: random.Random
+) -> tuple[list[SplittableT], list[SplittableT]]:
     """Assign whole patients to validation, greedily keeping each class near ``fraction``.
 
     Patients holding the rarest classes are placed first (they decide whether a rare class
     appears on both sides at all); each goes where the per-class validation shares end up
     closest to the target.
     """
-    groups: dict[str, list[Sample]] = defaultdict(list)
+    groups: dict[str, list[SplittableT]] = defaultdict(list)
     for sample in samples:
         groups[str(sample.patient)].append(sample)
     totals = Counter(s.code for s in samples)
@@ -171,9 +192,12 @@ def _split_grouped(
 
 
 def split_train_val(
-    samples: Sequence[Sample], fraction: float = 0.3, seed: int = 0
-) -> tuple[list[Sample], list[Sample]]:
-    """Stratified train/validation split; patient-disjoint where patients are known."""
+    samples: Sequence[SplittableT], fraction: float = 0.3, seed: int = 0
+) -> tuple[list[SplittableT], list[SplittableT]]:
+    """Stratified train/validation split; patient-disjoint where patients are known.
+
+    Deterministic for a given ``seed``; both lists keep the input order.
+    """
     rng = random.Random(seed)
     grouped = [s for s in samples if s.patient]
     ungrouped = [s for s in samples if not s.patient]
@@ -183,3 +207,33 @@ def split_train_val(
     train = sorted(train_u + train_g, key=lambda s: order[id(s)])
     val = sorted(val_u + val_g, key=lambda s: order[id(s)])
     return train, val
+
+
+def split_train_val_test(
+    samples: Sequence[SplittableT],
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[list[SplittableT], list[SplittableT], list[SplittableT]]:
+    """Train / validation / test, each stratified by class and patient-disjoint from the
+    others where patients are known.
+
+    The test side is taken first and the validation side from what is left (its fraction
+    rescaled so both end near their share of the whole), so the test patients never depend
+    on the validation choice. ``test_fraction=0`` gives the two-way split (test empty).
+    """
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1:
+        raise ValueError(
+            f"fractions must lie in (0, 1) for validation and [0, 1) for test; got "
+            f"{val_fraction} and {test_fraction}"
+        )
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"validation ({val_fraction}) and test ({test_fraction}) leave nothing to train on"
+        )
+    if test_fraction == 0:
+        train, val = split_train_val(samples, val_fraction, seed)
+        return train, val, []
+    rest, test = split_train_val(samples, test_fraction, seed)
+    train, val = split_train_val(rest, val_fraction / (1 - test_fraction), seed + 1)
+    return train, val, test

@@ -1,4 +1,5 @@
-"""Training jobs without running a training: the lock, cancel, watchdog, beat rule."""
+"""Training jobs without running a training: the lock, cancel, watchdog, beat rule, the
+fixed evaluation set and what the task does with a redelivery."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import pytest
 from django.utils import timezone
 
 from annotation.errors import ApplicationError
-from annotation.models import Case, CellImage, Label, TrainingJob
+from annotation.models import Case, CellImage, EvaluationSet, Label, TrainingJob
 from annotation.services.routing import routing_config_update
 from annotation.services.training import (
+    evaluation_set_get_or_create,
+    labelled_cells,
     retrain_if_due,
     retrain_is_due,
     training_job_cancel,
     training_job_create,
+    training_job_start_from_task,
     training_jobs_fail_stale,
 )
 from annotation.services.users import user_create_with_role
@@ -93,3 +97,70 @@ def test_imported_labels_do_not_trigger_the_schedule() -> None:
     cell = CellImage.objects.create(case=case, image="c/x.jpg", sha256="f" * 64, width=1, height=1)
     Label.objects.create(cell=cell, code="LY", source="imported")
     assert retrain_is_due()[0] is False
+
+
+def _labelled(case: Case, codes: dict[str, int]) -> None:
+    """Cells of one case whose current label is set, ``codes`` giving cells per class."""
+    for code, n in codes.items():
+        for _ in range(n):
+            i = CellImage.objects.count()
+            cell = CellImage.objects.create(
+                case=case, image=f"c/{i}.jpg", sha256=f"{i:064x}", width=1, height=1
+            )
+            label = Label.objects.create(cell=cell, code=code, source="imported")
+            CellImage.objects.filter(pk=cell.pk).update(current_label=label)
+
+
+def test_the_evaluation_set_holds_out_whole_cases_stratified_and_stays_fixed() -> None:
+    for i in range(10):
+        _labelled(Case.objects.create(accession_id=f"E{i}"), {"NE": 6, "LY": 3, "MO": 1})
+    cells = labelled_cells()
+    evaluation = evaluation_set_get_or_create(cells)
+    held = set(evaluation.cell_ids)
+    case_of = {cell_id: case_id for cell_id, _, _, case_id in cells}
+    held_cases = {case_of[c] for c in held}
+    train_cases = {case_of[c] for c in case_of if c not in held}
+    assert held_cases and train_cases and not held_cases & train_cases  # no case on both sides
+    assert 0.2 <= len(held) / len(cells) <= 0.4
+    assert set(evaluation.counts) == {"NE", "LY", "MO"}  # every class on the held-out side
+    assert sum(evaluation.counts.values()) == len(held)
+    # Made once: new cells later do not move it.
+    _labelled(Case.objects.create(accession_id="late"), {"NE": 5})
+    again = evaluation_set_get_or_create(labelled_cells())
+    assert again.pk == evaluation.pk and set(again.cell_ids) == held
+    assert EvaluationSet.objects.count() == 1
+
+
+def test_with_few_cases_the_evaluation_set_holds_out_cells_within_each_class() -> None:
+    _labelled(Case.objects.create(accession_id="only"), {"NE": 10, "LY": 4, "EO": 2})
+    cells = labelled_cells()
+    evaluation = evaluation_set_get_or_create(cells)
+    assert evaluation.counts == {"NE": 3, "LY": 1, "EO": 1}
+    assert 0 < len(evaluation.cell_ids) < len(cells)  # both sides have cells to use
+
+
+def test_a_redelivered_running_job_is_failed_as_worker_lost_not_run_twice() -> None:
+    job = training_job_create(trigger="admin", user=None)
+    TrainingJob.objects.filter(pk=job.pk).update(
+        status="running", celery_task_id="task-1", heartbeat_at=timezone.now()
+    )
+    result = training_job_start_from_task(job_id=job.pk, task_id="task-1", redelivered=True)
+    assert result == {"status": "failed", "reason": "worker lost"}
+    job.refresh_from_db()
+    assert job.status == "failed" and "worker running this job was lost" in job.error
+    assert job.lock is None
+
+
+def test_a_task_runs_a_queued_job_even_when_redelivered_and_ignores_a_missing_one() -> None:
+    assert training_job_start_from_task(job_id=999_999, task_id="t", redelivered=False) == {
+        "status": "missing"
+    }
+    job = training_job_create(trigger="admin", user=None)
+    # Redelivered before it started: nothing was lost, so it runs (and fails: no cells).
+    result = training_job_start_from_task(job_id=job.pk, task_id="t", redelivered=True)
+    job.refresh_from_db()
+    assert result == {"status": "failed", "version": None}
+    assert job.status == "failed" and "no labelled cells" in job.error
+    # A finished job delivered again is left as it is.
+    again = training_job_start_from_task(job_id=job.pk, task_id="t", redelivered=False)
+    assert again == {"status": "failed", "version": None}

@@ -1,0 +1,46 @@
+"""The scheduled rule (Celery beat): retrain only once enough new hematologist labels
+exist since the last successful training."""
+
+from __future__ import annotations
+
+import logging
+
+from annotation.errors import ApplicationError
+from annotation.models import Label, TrainingJob
+from annotation.services.training.jobs import training_job_create
+
+logger = logging.getLogger(__name__)
+
+
+def retrain_is_due() -> tuple[bool, str]:
+    """The scheduled rule: retrain only when enough new hematologist labels exist."""
+    from annotation.selectors.routing import routing_config_get
+
+    minimum = routing_config_get().retrain_min_new_labels
+    last = (
+        TrainingJob.objects.filter(status=TrainingJob.Status.SUCCEEDED)
+        .order_by("-finished_at")
+        .first()
+    )
+    since = last.started_at if last and last.started_at else None
+    labels = Label.objects.filter(source=Label.Source.HEMATOLOGIST)
+    if since is not None:
+        labels = labels.filter(created_at__gte=since)
+    n = labels.count()
+    if n < minimum:
+        return False, f"{n} new hematologist labels since the last training; {minimum} needed"
+    return True, f"{n} new hematologist labels since the last training"
+
+
+def retrain_if_due() -> TrainingJob | None:
+    """Open a scheduled job when the rule says so; a job already open is not an error
+    here (the beat simply tries again next time)."""
+    due, why = retrain_is_due()
+    logger.info("scheduled retraining: %s", why)
+    if not due:
+        return None
+    try:
+        return training_job_create(trigger=TrainingJob.Trigger.SCHEDULE, user=None)
+    except ApplicationError as exc:
+        logger.info("scheduled retraining skipped: %s", exc.message)
+        return None
