@@ -54,10 +54,11 @@ from mlworker.presets import IMAGENET_MEAN, IMAGENET_STD
 from mlworker.train import TrainConfig
 from mlworker.train.engine import (
     PreparedImages,
-    _batches_for_training,
+    batches_for_training,
     prepare_images,
     train_one_epoch,
 )
+from mlworker.train.progress import EpochMeter
 
 TRAIN_IMAGES, VAL_IMAGES = 4260, 1856  # make train-cpu's split (docs/benchmarks.md)
 GOAL_MINUTES = 30.0
@@ -154,15 +155,12 @@ def time_ours(
     started = time.perf_counter()
     stats = train_one_epoch(
         model,  # type: ignore[arg-type]
-        _batches_for_training(prepared, order, config, generator, set()),
-        batches,
-        optimizer,
         criterion,
+        optimizer,
+        batches_for_training(prepared, order, config, generator, set()),
         runtime,
-        "all",
-        on_errors=lambda errors: None,
-        heartbeat=lambda fraction, loss, accuracy: None,
-        bar_desc=None,
+        EpochMeter(batches),
+        scope="all",
     )
     return time.perf_counter() - started, stats.n
 

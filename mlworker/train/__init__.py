@@ -1,6 +1,6 @@
 """Training: the reference paper's two-stage protocol, the weak-class pass, calibration.
 
-The product's retraining job (annotation/services/training.py) calls
+The product's retraining job (annotation/services/training/run.py) calls
 ``parse_train_config``, ``fit`` and ``evaluate_samples``; the CLI
 (``python -m mlworker.train``) calls ``main``. See mlworker/training.md.
 """
