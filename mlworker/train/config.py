@@ -6,7 +6,9 @@ head alone, 40 epochs of the last residual stage and the head, learning rate div
 10 every 10 epochs, then a weak-class pass). ``parse_train_config(argv,
 init_checkpoint=ckpt)`` changes them for the product's retraining from an active version:
 arch and image size come from the checkpoint, stage 1 is skipped (the head is trained
-already) and stage 2 retrains ``layer4`` and the head, as the paper's last step does.
+already) and stage 2 retrains the last stage (scope ``layer4``: a ResNet's ``layer4``, an
+EfficientNet-Lite's stride-32 blocks and head convolution) and the head, as the paper's
+last step does.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class TrainConfig:
     batch_size: int = 32
     class_cap: int = 2500
     val_fraction: float = 0.3
+    test_fraction: float = 0.0
     epochs_head: int = 10
     epochs_finetune: int = 40
     finetune_scope: str = "layer4"
@@ -106,6 +109,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _test_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value}")
+    return value
+
+
 def _ema_decay(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -124,12 +134,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """The hyperparameter flags; defaults come from ``TrainConfig``."""
     d = TrainConfig()
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", default=d.arch, choices=ARCHS, help="ResNet depth")
+    model.add_argument(
+        "--arch",
+        default=d.arch,
+        choices=ARCHS,
+        help="backbone: a ResNet depth, or an EfficientNet-Lite size (ImageNet weights "
+        "installed with its packages, so --weights imagenet works offline)",
+    )
     model.add_argument(
         "--weights",
         default=d.weights,
-        help="backbone start: 'imagenet' (torchvision cache; fails clearly offline), "
-        "'none' (random initialisation) or the path of a weights file / WBC checkpoint",
+        help="backbone start: 'imagenet' (EfficientNet-Lite: installed, offline; ResNet: "
+        "torchvision's cache or a download, failing clearly offline), 'none' (random "
+        "initialisation) or the path of a weights file / WBC checkpoint of the same family",
     )
     model.add_argument(
         "--image-size",
@@ -179,7 +196,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--val-fraction",
         type=_fraction,
         default=d.val_fraction,
-        help="validation share, stratified by class (by patient when known)",
+        help="validation share, stratified by class (by patient when known); every decision "
+        "(early stopping, weight average, weak pass) is taken on it",
+    )
+    data.add_argument(
+        "--test-fraction",
+        type=_test_fraction,
+        default=d.test_fraction,
+        help="test share, held out first and by patient (0: none): never used for a decision, "
+        "only reported in metrics.json beside the validation figures",
     )
     data.add_argument(
         "--balance",
@@ -243,7 +268,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--finetune-scope",
         default=d.finetune_scope,
         choices=SCOPES,
-        help="stage 2 trains the last residual stage + head, or all",
+        help="what stage 2 trains: 'layer4', the last stage (layer4 of a ResNet; the "
+        "stride-32 blocks and head conv of an EfficientNet-Lite) + head, or 'all'",
     )
     stages.add_argument(
         "--epochs-weak",
@@ -267,7 +293,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--weak-scope",
         default=d.weak_scope,
         choices=SCOPES,
-        help="what the weak pass retrains besides its fresh head",
+        help="what the weak pass retrains besides its fresh head: 'layer4', the last "
+        "stage (layer4 of a ResNet; the stride-32 blocks and head conv of an "
+        "EfficientNet-Lite), or 'all'",
     )
     stages.add_argument(
         "--no-calibrate",
@@ -413,6 +441,8 @@ def parse_train_config(
 
 def config_from_namespace(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig.from_dict(vars(args))
+    if config.val_fraction + config.test_fraction >= 1:
+        raise ValueError("--val-fraction and --test-fraction leave nothing to train on")
     if config.low_res_epochs and config.low_res_size is None:
         raise ValueError("--low-res-epochs needs --low-res-size")
     return config
