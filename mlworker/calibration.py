@@ -154,16 +154,13 @@ def main(args: argparse.Namespace) -> CalibrationReport:
     from mlworker.data import discover_samples
     from mlworker.device import choose_runtime
     from mlworker.model import load_checkpoint, save_checkpoint
-    from mlworker.score import Scorer
+    from mlworker.score import Scorer, score_labelled
 
     checkpoint = load_checkpoint(args.checkpoint)
     samples = discover_samples(args.data)
     scorer = Scorer(checkpoint, runtime=choose_runtime(args.device, args.precision))
-    scores = scorer.score(samples, batch_size=args.batch_size, num_workers=args.workers)
-    ok = [(s, sample) for s, sample in zip(scores, samples, strict=True) if s.error is None]
-    logits = torch.stack([torch.from_numpy(s.logits) for s, _ in ok])  # type: ignore[arg-type]
-    labels = torch.tensor([sample.label for _, sample in ok])
-    report = calibrate(logits, labels)
+    scored = score_labelled(scorer, samples, batch_size=args.batch_size, num_workers=args.workers)
+    report = calibrate(torch.from_numpy(scored.logits), torch.from_numpy(scored.labels))
     checkpoint["temperature"] = report.temperature
     checkpoint["metrics"] = {**checkpoint["metrics"], "calibration": report.as_dict()}
     save_checkpoint(checkpoint, args.out)

@@ -26,7 +26,7 @@ from mlworker.calibration import ECE_BINS, expected_calibration_error, reliabili
 from mlworker.data import discover_samples
 from mlworker.device import PRECISIONS, choose_runtime
 from mlworker.metrics import classification_metrics, confusion_matrix
-from mlworker.score import Scorer
+from mlworker.score import LabelledScores, Scorer, score_labelled
 
 logger = logging.getLogger(__name__)
 
@@ -130,23 +130,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def scored_report(scored: LabelledScores, scorer: Scorer) -> dict[str, Any]:
+    """The evaluation JSON of scored labelled images, with how many were unreadable and
+    the temperature their probabilities were calibrated with."""
+    report = evaluation_report(scored.labels, scored.probabilities, scorer.codes)
+    report["n_unreadable"] = len(scored.unreadable)
+    report["temperature"] = scorer.temperature
+    return report
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     samples = discover_samples(args.data)
     scorer = Scorer(args.checkpoint, runtime=choose_runtime(args.device, args.precision))
-    scores = scorer.score(samples, batch_size=args.batch_size, num_workers=args.workers)
-    readable = [(s, m) for s, m in zip(scores, samples, strict=True) if s.error is None]
-    for score in scores:
-        if score.error is not None:
-            logger.warning("unreadable, left out: %s (%s)", score.source, score.error)
-    labels = np.array([m.label for _, m in readable], dtype=np.int64)
-    probabilities = np.zeros((len(readable), len(scorer.codes)), dtype=np.float64)
-    for row, (score, _) in enumerate(readable):
-        probabilities[row] = score.probabilities
-    report = evaluation_report(labels, probabilities, scorer.codes)
-    report["n_unreadable"] = len(scores) - len(readable)
-    report["temperature"] = scorer.temperature
+    scored = score_labelled(scorer, samples, batch_size=args.batch_size, num_workers=args.workers)
+    for source, error in scored.unreadable:
+        logger.warning("unreadable, left out: %s (%s)", source, error)
+    report = scored_report(scored, scorer)
     if args.plots:
-        write_plots(report, labels, probabilities, args.plots, scorer.codes)
+        write_plots(report, scored.labels, scored.probabilities, args.plots, scorer.codes)
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text)

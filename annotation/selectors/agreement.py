@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
 
+from sklearn.metrics import cohen_kappa_score
+
 from annotation.models import Label
 from mlworker.taxonomy import CODES
 
@@ -15,21 +17,22 @@ from mlworker.taxonomy import CODES
 def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float | None:
     """Kappa of two raters over the items both rated; None when chance agreement is 1
     (both always gave the same single class: kappa is undefined)."""
-    n = len(pairs)
-    if n == 0:
+    codes = {code for pair in pairs for code in pair}
+    # scikit-learn refuses no items and warns (then answers nan) on a single class: both
+    # are "undefined" here, decided before asking it.
+    if len(codes) < 2:
         return None
-    observed = sum(a == b for a, b in pairs) / n
-    first = Counter(a for a, _ in pairs)
-    second = Counter(b for _, b in pairs)
-    expected = sum(first[c] * second[c] for c in first) / (n * n)
-    if expected >= 1.0:
-        return None
-    return (observed - expected) / (1.0 - expected)
+    first, second = zip(*pairs, strict=True)
+    return float(cohen_kappa_score(first, second, labels=sorted(codes)))
 
 
 def fleiss_kappa(items: Sequence[Counter[str]]) -> dict[str, Any]:
     """Fleiss' kappa for items rated by two or more raters each (the number of raters may
-    vary per item). Returns {"kappa", "per_class": {code: kappa}, "n_items"}."""
+    vary per item). Returns {"kappa", "per_class": {code: kappa}, "n_items"}.
+
+    Written out because scikit-learn has no Fleiss' kappa; statsmodels' ``fleiss_kappa``
+    wants the same number of raters on every item, gives no per-class values, and is not
+    a dependency."""
     rated = [c for c in items if sum(c.values()) >= 2]
     if not rated:
         return {"kappa": None, "per_class": {}, "n_items": 0}

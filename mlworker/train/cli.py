@@ -34,7 +34,8 @@ from mlworker.evaluate import evaluation_report, write_plots
 from mlworker.model import save_checkpoint
 from mlworker.train.config import add_train_arguments, config_from_namespace
 from mlworker.train.engine import TrainResult, fit, load_state
-from mlworker.train.splits import cap_per_class, class_counts, deduplicate, split_train_val
+from mlworker.train.loop import evaluate_samples
+from mlworker.train.splits import cap_per_class, class_counts, deduplicate, split_train_val_test
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,29 @@ def reports_by_source(result: TrainResult, source_of: dict[str, str]) -> dict[st
     return out
 
 
+def test_reports(
+    result: TrainResult, test: Sequence[Sample], source_of: dict[str, str]
+) -> dict[str, Any]:
+    """The final checkpoint (with its own TTA and temperature, as the product scores) on the
+    held-out test images: all of them, then each ``--data`` source on its own."""
+    by_source: dict[str, list[Sample]] = {}
+    for s in test:
+        by_source.setdefault(source_of.get(str(s.path), "?"), []).append(s)
+    return {
+        "n": len(test),
+        "patients": len({s.patient for s in test if s.patient}),
+        "all": evaluate_samples(result.checkpoint, test),
+        "by_source": {
+            n: evaluate_samples(result.checkpoint, rows) for n, rows in by_source.items()
+        },
+    }
+
+
+def _gap(val: float | None, test: float | None) -> float | None:
+    """Validation minus test: how optimistic the figure the decisions were taken on is."""
+    return None if val is None or test is None else round(val - test, 4)
+
+
 def write_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib
 
@@ -193,9 +217,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     samples, source_of, found = load_data(roots)
     dedup = deduplicate(samples)
     capped = cap_per_class(dedup.kept, config.class_cap, config.seed)
-    train, val = split_train_val(capped, config.val_fraction, config.seed)
-    leaked = {s.patient for s in train if s.patient} & {s.patient for s in val if s.patient}
-    assert not leaked, f"patients on both sides: {sorted(leaked)}"
+    train, val, test = split_train_val_test(
+        capped, config.val_fraction, config.test_fraction, config.seed
+    )
+    sides = [{s.patient for s in side if s.patient} for side in (train, val, test)]
+    leaked = (sides[0] & sides[1]) | (sides[0] & sides[2]) | (sides[1] & sides[2])
+    assert not leaked, f"patients on two sides: {sorted(leaked)}"
     print(
         f"{len(samples)} images found; {dedup.duplicates} duplicate copies and "
         f"{len(dedup.conflicting)} images filed under two classes left out; "
@@ -219,6 +246,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     metrics = dict(result.metrics)
     metrics["by_source"] = reports_by_source(result, source_of)
+    if test:
+        # Reported only: nothing above looked at these images.
+        metrics["test"] = test_reports(result, test, source_of)
+        metrics["test"]["gap_balanced_accuracy"] = _gap(
+            metrics.get("balanced_accuracy"), metrics["test"]["all"].get("balanced_accuracy")
+        )
     metrics["data"] = {
         "sources": found,
         "found": len(samples),
@@ -228,7 +261,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "val": len(val),
         "train_per_class": class_counts(train),
         "val_per_class": class_counts(val),
+        "test": len(test),
+        "test_per_class": class_counts(test),
         "val_patients": len({s.patient for s in val if s.patient}),
+        "test_patients": len({s.patient for s in test if s.patient}),
         "train_patients": len({s.patient for s in train if s.patient}),
     }
     metrics["command"] = command
@@ -256,6 +292,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     "weak_classes": {
                         k: metrics["weak_classes"].get(k) for k in ("before", "after", "kept")
                     },
+                    "test": {
+                        n: {
+                            k: r.get(k) for k in ("balanced_accuracy", "normal_tpr", "abnormal_tpr")
+                        }
+                        for n, r in metrics.get("test", {}).get("by_source", {}).items()
+                    }
+                    | (
+                        {
+                            "all": {
+                                k: metrics["test"]["all"].get(k)
+                                for k in ("balanced_accuracy", "normal_tpr", "abnormal_tpr")
+                            }
+                        }
+                        if "test" in metrics
+                        else {}
+                    ),
                     "wall_time_s": metrics["wall_time_s"],
                 }
             ),

@@ -18,15 +18,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mlworker.data import Sample, discover_samples
-from mlworker.model import build_classifier, load_checkpoint, make_checkpoint
+from mlworker.model import load_checkpoint
 from mlworker.train import (
-    TrainConfig,
     evaluate_samples,
     fit,
     get_args_parser,
@@ -35,6 +32,12 @@ from mlworker.train import (
 )
 from mlworker.train.engine import load_state
 from mlworker.train.splits import cap_per_class, deduplicate, split_train_val
+from tests.mlworker.tiny_training import (
+    colour_samples,
+    start_checkpoint,
+    stopped_after_first_finetune_epoch_and_resumed,
+    tiny_config,
+)
 from tests.paths import REPO_ROOT, SHARED_DATA
 
 DEEPAPL = SHARED_DATA / "deepapl"
@@ -68,23 +71,6 @@ TINY = [
 ]
 
 
-def tiny_config(**overrides: object) -> TrainConfig:
-    values: dict[str, object] = {
-        "arch": "resnet18",
-        "weights": "none",
-        "image_size": 32,
-        "batch_size": 8,
-        "epochs_head": 1,
-        "epochs_finetune": 1,
-        "epochs_weak": 1,
-        "threads": 1,
-        "workers": 0,
-        "progress_every_s": 0.0,
-    }
-    values.update(overrides)
-    return TrainConfig(**values)  # type: ignore[arg-type]
-
-
 def deepapl_rows() -> list[dict[str, str]]:
     with (DEEPAPL / "manifest.csv").open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -116,23 +102,6 @@ def tiny_pbc_tree(dest: Path, per_class: int = 3) -> Path:
         for src in sorted(folder.glob("*.jpg"))[:per_class]:
             (dest / folder.name / src.name).write_bytes(src.read_bytes())
     return dest
-
-
-def colour_samples(
-    root: Path, per_class: int, codes: tuple[str, ...] = ("NE", "LY"), patient: bool = False
-) -> list[Sample]:
-    """Generated noisy images whose class is their dominant colour: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    colours = {"NE": (200, 60, 60), "LY": (60, 60, 200), "MO": (60, 200, 60)}
-    root.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for code in codes:
-        for i in range(per_class):
-            pixels = np.clip(rng.normal(colours[code], 25, size=(40, 40, 3)), 0, 255)
-            path = root / f"{code}_{i}.png"
-            Image.fromarray(pixels.astype(np.uint8)).save(path)
-            samples.append(Sample(path=path, code=code, patient=f"p{i % 4}" if patient else None))
-    return samples
 
 
 # --- data: dedup, cap, split ------------------------------------------------------------
@@ -231,6 +200,31 @@ def test_a_tiny_run_writes_every_output_and_handles_messy_data(tmp_path: Path) -
     assert ckpt["metrics"]["balanced_accuracy"] == metrics["balanced_accuracy"]
 
 
+def test_a_test_split_is_held_out_by_patient_and_only_reported(tmp_path: Path) -> None:
+    data = tiny_manifest(tmp_path / "deepapl")
+    pbc = tiny_pbc_tree(tmp_path / "pbc")
+    out = tmp_path / "run"
+    flags = ["--data", str(pbc), "--data", str(data), "--out", str(out), *TINY]
+    flags += ["--epochs-head", "1", "--epochs-finetune", "0", "--epochs-weak", "0"]
+    metrics = main(get_args_parser().parse_args([*flags, "--test-fraction", "0.3"]))
+    test, sizes = metrics["test"], metrics["data"]
+    assert sizes["test"] == test["n"] > 0
+    kept = sizes["found"] - sizes["duplicates_dropped"] - sizes["conflicting_files_dropped"]
+    assert sizes["train"] + sizes["val"] + sizes["test"] == kept - sizes["over_class_cap"]
+    assert set(test["by_source"]) == {"pbc", "deepapl"}
+    # the truncated JPEG may fall on the test side: it is counted, not scored
+    assert test["all"]["n_images"] + test["all"]["n_unreadable"] == test["n"]
+    assert sum(r["n_images"] for r in test["by_source"].values()) == test["all"]["n_images"]
+    assert test["gap_balanced_accuracy"] == pytest.approx(
+        metrics["balanced_accuracy"] - test["all"]["balanced_accuracy"], abs=1e-4
+    )
+    for row in test["all"]["per_class"].values():
+        assert (row["tpr_ci95"] is None) == (row["n"] == 0)
+    # without --test-fraction the split (and so training) is the two-way one of before
+    plain = main(get_args_parser().parse_args([*flags, "--out", str(tmp_path / "plain")]))
+    assert "test" not in plain and plain["data"]["test"] == 0
+
+
 def test_a_failed_run_leaves_no_checkpoint(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     for code in ("NE", "LY"):
@@ -309,19 +303,13 @@ def _state(ckpt: dict) -> dict[str, torch.Tensor]:
     return ckpt["model"]
 
 
-def _start_checkpoint(seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    model = build_classifier("resnet18", weights=None)
-    return make_checkpoint(model, arch="resnet18", input_size=32)  # type: ignore[return-value]
-
-
 def _unchanged(before: dict, after: dict, prefix: tuple[str, ...]) -> dict[str, bool]:
     return {k: torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)}
 
 
 def test_stage_one_trains_only_the_head(tmp_path: Path) -> None:
     samples = colour_samples(tmp_path, 8)
-    start = _start_checkpoint()
+    start = start_checkpoint()
     config = tiny_config(epochs_head=1, epochs_finetune=0, epochs_weak=0)
     result = fit(samples[::2], samples[1::2], config, init_checkpoint=start)
     before, after = _state(start), _state(result.checkpoint)
@@ -332,7 +320,7 @@ def test_stage_one_trains_only_the_head(tmp_path: Path) -> None:
 
 def test_stage_two_with_layer4_leaves_layers_one_to_three_unchanged(tmp_path: Path) -> None:
     samples = colour_samples(tmp_path, 8)
-    start = _start_checkpoint()
+    start = start_checkpoint()
     config = tiny_config(epochs_head=0, epochs_finetune=1, epochs_weak=0, finetune_scope="layer4")
     result = fit(samples[::2], samples[1::2], config, init_checkpoint=start)
     before, after = _state(start), _state(result.checkpoint)
@@ -347,7 +335,7 @@ def test_stage_two_with_layer4_leaves_layers_one_to_three_unchanged(tmp_path: Pa
     assert not all(_unchanged(before, after, ("backbone.layer4.",)).values())
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
     # and the caller's checkpoint was not modified in place
-    assert torch.equal(_start_checkpoint()["model"]["fc.weight"], start["model"]["fc.weight"])
+    assert torch.equal(start_checkpoint()["model"]["fc.weight"], start["model"]["fc.weight"])
 
 
 @pytest.fixture(scope="module")
@@ -419,22 +407,6 @@ def test_no_weak_class_means_no_weak_pass(learnt_colours) -> None:
     assert result.metrics["weak_classes"]["ran"] is False and result.history == []
 
 
-def _stopped_after_first_finetune_epoch_and_resumed(
-    train: list[Sample], val: list[Sample], config: TrainConfig, tmp_path: Path
-):
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_finetune_epoch(event: dict) -> None:
-        if event["stage"] == "finetune" and event["epoch"] == 1 and event["log"]:
-            raise Stop
-
-    state = tmp_path / "state.pt"
-    with pytest.raises(Stop):
-        fit(train, val, config, progress=stop_after_first_finetune_epoch, state_path=state)
-    return fit(train, val, config, resume_state=load_state(state), state_path=state)
-
-
 def test_fit_is_deterministic_with_a_seed_and_resumes_exactly(tmp_path: Path) -> None:
     samples = colour_samples(tmp_path, 6, codes=("NE", "LY", "MO"))
     train, val = samples[::2], samples[1::2]
@@ -444,7 +416,7 @@ def test_fit_is_deterministic_with_a_seed_and_resumes_exactly(tmp_path: Path) ->
     for key, value in first.checkpoint["model"].items():
         assert torch.equal(second.checkpoint["model"][key], value), key
 
-    resumed = _stopped_after_first_finetune_epoch_and_resumed(train, val, config, tmp_path)
+    resumed = stopped_after_first_finetune_epoch_and_resumed(train, val, config, tmp_path)
     assert [(h["stage"], h["epoch"]) for h in resumed.history] == [
         ("head", 1),
         ("finetune", 1),
@@ -468,7 +440,7 @@ def test_parse_train_config_defaults_follow_the_paper_and_retraining() -> None:
     )
     assert (paper.epochs_head, paper.epochs_finetune, paper.finetune_scope) == (10, 40, "layer4")
     assert (paper.val_fraction, paper.lr_step, paper.weak_threshold) == (0.3, 10, 0.9)
-    start = _start_checkpoint()
+    start = start_checkpoint()
     retrain = parse_train_config(["--epochs-finetune", "3"], init_checkpoint=start)  # type: ignore[arg-type]
     assert (retrain.arch, retrain.image_size, retrain.epochs_head) == ("resnet18", 32, 0)
     assert retrain.finetune_scope == "layer4" and retrain.epochs_finetune == 3
@@ -535,7 +507,7 @@ def test_an_unreadable_image_is_reported_once_when_decoded_every_epoch(
 
 def test_evaluate_samples_gives_the_evaluation_json(tmp_path: Path) -> None:
     samples = colour_samples(tmp_path, 3)
-    report = evaluate_samples(_start_checkpoint(), samples)  # type: ignore[arg-type]
+    report = evaluate_samples(start_checkpoint(), samples)  # type: ignore[arg-type]
     assert set(report) >= EVAL_KEYS and report["n_images"] == 6
     assert report["per_class"]["NE"]["n"] == 3 and report["per_class"]["BL"]["tpr"] is None
     assert math.isclose(sum(map(sum, report["confusion"])), 6)
@@ -572,130 +544,6 @@ def test_the_crop_is_recorded_in_the_checkpoint_and_kept_when_retraining(tmp_pat
     assert preset_from_checkpoint(result.checkpoint).crop == 0.6
     retrain = parse_train_config([], init_checkpoint=result.checkpoint)
     assert retrain.crop == 0.6  # retraining sees the cell as the version it starts from did
-    assert checkpoint_crop(_start_checkpoint()) == 1.0  # older checkpoints: the whole image
+    assert checkpoint_crop(start_checkpoint()) == 1.0  # older checkpoints: the whole image
     with pytest.raises(ValueError, match=r"between 0\.1 and 1"):
         parse_train_config(["--crop", "0"])
-
-
-# --- weight averaging and test-time augmentation ---------------------------------------
-
-
-def test_weight_average_is_the_bias_corrected_mean_of_the_steps() -> None:
-    from mlworker.train.engine import WeightAverage
-
-    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    decay = 0.9
-    average = WeightAverage(model, decay)
-    values = [1.0, 3.0, -2.0]
-    for step, value in enumerate(values, start=1):
-        with torch.no_grad():
-            model[0].weight.fill_(value)
-            model[1].running_mean.fill_(value)
-            model[1].num_batches_tracked.fill_(step)
-        average.update(model)
-    # weights d^(T-t) (1 - d), normalised: the starting weights count for nothing
-    raw = [decay ** (len(values) - t) * (1 - decay) for t in range(1, len(values) + 1)]
-    expected = sum(w * v for w, v in zip(raw, values, strict=True)) / sum(raw)
-    for key in ("0.weight", "1.running_mean"):
-        assert torch.allclose(average.state[key], torch.full_like(average.state[key], expected))
-    assert int(average.state["1.num_batches_tracked"]) == 3  # counters copied, not averaged
-
-
-def test_ema_is_chosen_per_stage_and_resumes_exactly(tmp_path: Path) -> None:
-    samples = colour_samples(tmp_path, 8, codes=("NE", "LY", "MO"))  # 12 training: 8 + 4
-    train, val = samples[::2], samples[1::2]
-    config = tiny_config(
-        epochs_head=1, epochs_finetune=2, epochs_weak=1, weak_threshold=1.01, ema_decay=0.5
-    )
-    first = fit(train, val, config)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    assert set(first.metrics["ema"]) == {"head", "finetune", "weak"}
-    finetune = first.metrics["ema"]["finetune"]
-    assert finetune["steps"] == 2 * steps_per_epoch and finetune["kept"] in ("average", "last")
-    last_finetune = [h for h in first.history if h["stage"] == "finetune"][-1]
-    assert last_finetune["val_balanced_accuracy_ema"] == finetune["balanced_accuracy_average"]
-    kept = max(finetune["balanced_accuracy_average"], finetune["balanced_accuracy_last"])
-    if finetune["kept"] == "average":
-        assert finetune["balanced_accuracy_average"] >= finetune["balanced_accuracy_last"]
-    else:
-        assert finetune["balanced_accuracy_average"] < finetune["balanced_accuracy_last"]
-    assert first.metrics["weak_classes"]["balanced_accuracy_before"] == kept
-
-    resumed = _stopped_after_first_finetune_epoch_and_resumed(train, val, config, tmp_path)
-    assert resumed.metrics["ema"] == first.metrics["ema"]
-    for key, value in first.checkpoint["model"].items():
-        assert torch.equal(resumed.checkpoint["model"][key], value), key
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        parse_train_config(["--ema-decay", "1"])
-
-
-def test_tta_views_are_the_symmetries_of_the_square() -> None:
-    from mlworker.presets import tta_views
-
-    image = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
-    assert len(tta_views(image, "none")) == 1
-    for mode, count in (("flips", 4), ("dihedral", 8)):
-        views = tta_views(image, mode)
-        assert torch.equal(views[0], image) and len(views) == count
-        assert len({tuple(v.flatten().tolist()) for v in views}) == count  # all different
-    # the dihedral set is closed under a quarter turn: the same views, in another order
-    turned = {tuple(v.flatten().tolist()) for v in tta_views(image.rot90(1, (2, 3)), "dihedral")}
-    assert turned == {tuple(v.flatten().tolist()) for v in tta_views(image, "dihedral")}
-    with pytest.raises(ValueError, match="tta must be one of"):
-        tta_views(image, "rotate")
-
-
-def test_tta_is_recorded_and_scoring_repeats_what_training_measured(tmp_path: Path) -> None:
-    from mlworker.device import choose_runtime
-    from mlworker.model import checkpoint_tta
-    from mlworker.score import Scorer
-
-    samples = colour_samples(tmp_path, 6, codes=("NE", "LY", "MO"))
-    train, val = samples[::2], samples[1::2]
-    config = tiny_config(epochs_head=0, epochs_finetune=2, epochs_weak=0, tta="dihedral")
-    result = fit(train, val, config)
-    checkpoint = result.checkpoint
-    assert checkpoint_tta(checkpoint) == "dihedral"
-    assert parse_train_config([], init_checkpoint=checkpoint).tta == "dihedral"
-    cpu = choose_runtime("cpu", "fp32")
-    scores = Scorer(checkpoint, runtime=cpu).score(result.val_samples, num_workers=0)
-    scored = np.stack([s.probabilities for s in scores])
-    assert np.allclose(scored, result.val_probabilities, atol=1e-4)  # what training measured
-    report = evaluate_samples(checkpoint, result.val_samples, runtime=cpu)
-    assert report["balanced_accuracy"] == result.metrics["balanced_accuracy"]
-    # the views are really averaged: a quarter-turned image scores the same ...
-    image = torch.from_numpy(np.asarray(Image.open(val[0].path).convert("RGB"))).permute(2, 0, 1)
-    image = image[:, :32, :32].contiguous()  # at the input size: no resize to round differently
-    upright, turned = Scorer(checkpoint, runtime=cpu).score([image, image.rot90(1, (1, 2))])
-    assert np.allclose(upright.probabilities, turned.probabilities, atol=1e-5)
-    # ... and without TTA the same weights give other probabilities
-    plain = {**checkpoint, "args": {**checkpoint["args"], "tta": "none"}}
-    plain_scores = Scorer(plain, runtime=cpu).score(result.val_samples, num_workers=0)
-    assert not np.allclose(np.stack([s.probabilities for s in plain_scores]), scored, atol=1e-4)
-    assert checkpoint_tta(_start_checkpoint()) == "none"  # older checkpoints: no TTA
-
-
-def test_low_res_epochs_train_smaller_images_then_the_full_size(tmp_path: Path) -> None:
-    samples = colour_samples(tmp_path, 6)
-    config = tiny_config(
-        epochs_head=0, epochs_finetune=3, epochs_weak=0, low_res_size=16, low_res_epochs=2
-    )
-    result = fit(samples[::2], samples[1::2], config)
-    assert [h["train_size"] for h in result.history] == [16, 16, 32]
-    # low-res epochs are not validated (BatchNorm statistics of the other scale)
-    assert [h["val_balanced_accuracy"] is not None for h in result.history] == [False, False, True]
-    assert result.checkpoint["input_size"] == 32  # scoring and validation: the full size
-    assert parse_train_config(["--low-res-size", "64", "--low-res-epochs", "4"]).low_res_epochs == 4
-    with pytest.raises(ValueError, match="needs --low-res-size"):
-        parse_train_config(["--low-res-epochs", "4"])
-
-
-def test_val_every_skips_validation_but_never_at_a_stage_end(tmp_path: Path) -> None:
-    from mlworker.train.cli import write_training_curves
-
-    samples = colour_samples(tmp_path, 6)
-    config = tiny_config(epochs_head=0, epochs_finetune=3, epochs_weak=0, val_every=2)
-    result = fit(samples[::2], samples[1::2], config)
-    assert [h["val_balanced_accuracy"] is not None for h in result.history] == [False, True, True]
-    assert result.history[0]["val_loss"] is None and result.history[0]["train_loss"] > 0
-    assert write_training_curves(result.history, tmp_path / "curves.png").stat().st_size > 0

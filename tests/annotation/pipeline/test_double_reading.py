@@ -27,6 +27,20 @@ def test_cohen_kappa_textbook_example() -> None:
     pairs = [("y", "y")] * 20 + [("y", "n")] * 5 + [("n", "y")] * 10 + [("n", "n")] * 15
     assert cohen_kappa(pairs) == pytest.approx(0.4)
     assert cohen_kappa([("y", "y")] * 3) is None  # chance agreement 1: undefined
+    assert cohen_kappa([]) is None
+    assert cohen_kappa([("y", "n")] * 3) == 0.0  # chance agreement 0, none observed
+
+
+def test_cohen_kappa_on_random_reads_equals_its_definition() -> None:
+    rng = np.random.default_rng(0)
+    codes = ["NE", "LY", "MO", "BL"]
+    for _ in range(20):
+        first = rng.choice(codes, size=40).tolist()
+        second = [a if rng.random() < 0.6 else str(rng.choice(codes)) for a in first]
+        observed = sum(a == b for a, b in zip(first, second, strict=True)) / 40
+        expected = sum(first.count(c) * second.count(c) for c in codes) / 40**2
+        kappa = cohen_kappa(list(zip(first, second, strict=True)))
+        assert kappa == pytest.approx((observed - expected) / (1 - expected))
 
 
 def test_fleiss_kappa_textbook_example() -> None:
