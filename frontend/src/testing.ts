@@ -2,6 +2,7 @@
 // (the one source of truth) rather than copied into the tests.
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { apiUrl } from "./api";
 import type { CellClass, DifferentialRules, ReviewItem } from "./types";
 
 const repo = (p: string) => fileURLToPath(new URL(`../../${p}`, import.meta.url));
@@ -49,7 +50,7 @@ export function fakeItem(topCode = "NE", confidence = 0.6): ReviewItem {
       id: 1000 + id,
       case: 1,
       case_accession: "C1",
-      image_url: `/api/cells/${1000 + id}/image/`,
+      image_url: apiUrl("/api/cells/{cell_id}/image/", { cell_id: 1000 + id }),
       thumbnail_url: "",
       width: 360,
       height: 363,
@@ -58,6 +59,7 @@ export function fakeItem(topCode = "NE", confidence = 0.6): ReviewItem {
       label: null,
       prediction: null,
       queue: null,
+      created_at: "2025-01-01T00:00:00Z",
     },
   };
 }

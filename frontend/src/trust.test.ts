@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { realTaxonomy } from "./testing";
 import { classKappaRows, formatKappa, goldClasses, isLow, kappaBand, nextItem, pairMatrix, readTally } from "./trust";
-import type { AdjudicationItem, GoldPerClass, Label } from "./types";
+import type { AdjudicationItem, Diff14Code, GoldPerClass, Label } from "./types";
 
 const taxonomy = realTaxonomy().classes;
 
@@ -61,11 +61,11 @@ describe("per-class kappa rows", () => {
 });
 
 function read(code: string, annotator: string, id: number): Label {
-  return { id, cell: 1, code, source: "hematologist", annotator, created_at: "2025-01-01T00:00:00Z", supersedes: null };
+  return { id, cell: 1, code: code as Diff14Code, source: "hematologist", annotator, created_at: "2025-01-01T00:00:00Z", supersedes: null };
 }
 
 function item(id: number, reads: Label[]): AdjudicationItem {
-  return { id, cell: 100 + id, case: "C", image_url: "", reasons: ["disagreement"], labels_required: reads.length, reads };
+  return { id, cell: 100 + id, case: "C", case_id: 1, image_url: "", reasons: ["disagreement"], labels_required: reads.length, reads };
 }
 
 describe("adjudication", () => {

@@ -1,5 +1,26 @@
-// Shapes of the server's data, as the API (annotation/api/) and the page's boot JSON
-// (annotation/views.py) send them. Only the fields the UI reads are typed.
+// Shapes of the server's data. What the REST API sends is generated from its OpenAPI
+// schema (openapi.json -> src/api/schema.d.ts, `npm run gen:api`), and the aliases below
+// name those components, so a change on the server shows up here as a type error.
+//
+// Hand-written here, because the schema cannot express them:
+// - the page's boot JSON (annotation/views.py `ui_boot`), which is not an API response;
+// - fields the schema types as `unknown` or as a dict without keys (JSON columns,
+//   SerializerMethodFields without a type hint), narrowed to what the server puts in them.
+// The websocket events' payloads are typed where they are received (./events.ts users):
+// the schema describes HTTP only.
+import type { components } from "./api/schema";
+
+type Schemas = components["schemas"];
+
+/** `T` with the fields `K` present. The server sends them (DRF writes every field of a
+ * model serializer), but drf-spectacular marks a model field that has a default optional,
+ * as it is on input. */
+type Sent<T, K extends keyof T> = Omit<T, K> & { [P in K]-?: Exclude<T[P], undefined> };
+
+/** `T` with the fields of `R` typed as `R` types them (see the header). */
+type Narrowed<T, R> = Omit<T, keyof R> & R;
+
+// --- the boot JSON (not an API response) -------------------------------------------------
 
 export type Group = "normal" | "abnormal";
 
@@ -30,79 +51,42 @@ export interface Boot {
   urls: { logout: string; login: string; api: string; events: string };
 }
 
-export interface Label {
-  id: number;
-  cell: number;
-  code: string;
-  source: string;
-  annotator: string | null;
-  created_at: string;
-  supersedes: number | null;
-}
+// --- cells, labels, predictions -----------------------------------------------------------
 
-export interface PredictionBrief {
-  model_version: number;
-  model_version_name: string;
-  top_code: string;
-  confidence: number;
-}
+export type Diff14Code = Schemas["Diff14CodeEnum"];
+export type Label = Schemas["Label"];
+export type PredictionBrief = Schemas["PredictionBrief"];
+export type Prediction = Schemas["Prediction"];
+export type Segmentation = Schemas["Segmentation"];
 
-export interface Prediction extends PredictionBrief {
-  model_version_status: string;
-  margin: number;
-  entropy: number;
-  probabilities: Record<string, number>;
-}
+/** The open review item of a cell; `reasons` is a JSON list of route reasons. */
+export type ReviewItemBrief = Sent<Narrowed<Schemas["ReviewItemBrief"], { reasons: string[] }>, "status" | "flagged">;
 
-export interface Segmentation {
-  id: number;
-  status: string;
-  quality: number | null;
-  failure_reason: string;
-  mask_url: string | null;
-  created_at: string;
-}
+export type Cell = Sent<
+  Narrowed<Schemas["Cell"], { queue: ReviewItemBrief | null }>,
+  "original_filename" | "has_label_conflict"
+>;
 
-export interface Cell {
-  id: number;
-  case: number;
-  case_accession: string;
-  image_url: string;
-  thumbnail_url: string;
-  width: number;
-  height: number;
-  original_filename: string;
-  has_label_conflict: boolean;
-  label: Label | null;
-  prediction: PredictionBrief | null;
-  queue: { id: number; status: string; reasons: string[]; flagged: boolean } | null;
-}
+export type CellDetail = Cell &
+  Narrowed<Omit<Schemas["CellDetail"], keyof Schemas["Cell"]>, { review_items: ReviewItemBrief[] }>;
 
-export interface CellDetail extends Cell {
-  predictions: Prediction[];
-  segmentations: Segmentation[];
-  labels: Label[];
-}
-
-export interface Suggestion {
+/** The prediction of the version that queued a cell (a dict in the schema). */
+export type Suggestion = {
   top_code: string;
   confidence: number;
   margin: number;
   probabilities: number[] | Record<string, number>;
-}
+};
 
-export interface ReviewItem {
-  id: number;
-  status: string;
-  reasons: string[];
-  priority: number;
-  flagged: boolean;
-  lease_expires_at: string | null;
-  model_version: number | null;
-  suggestion: Suggestion | null;
-  cell: Cell;
-}
+/** A leased review item; the schema types its `suggestion` and `cell` as dicts. */
+export type ReviewItem = Sent<
+  Narrowed<Schemas["ReviewItem"], { reasons: string[]; suggestion: Suggestion | null; cell: Cell }>,
+  "status" | "priority" | "flagged" | "lease_expires_at" | "model_version"
+>;
 
+export type QueueCounts = Schemas["QueueCounts"];
+
+/** One page of a paginated list (every Paginated*List component has this shape). */
 export interface Page<T> {
   count: number;
   next: string | null;
@@ -110,196 +94,103 @@ export interface Page<T> {
   results: T[];
 }
 
-export interface QueueCounts {
-  queued: number;
-  leased: number;
-  by_reason: Record<string, number>;
-  by_class: Record<string, number>;
-}
+// --- cases and the differential -----------------------------------------------------------
 
-export interface Case {
-  id: number;
-  accession_id: string;
-  patient_pseudonym: string;
-  diagnosis: string;
-  source: string;
-  status: string;
-  created_at: string;
-  updated_at: string;
-  n_cells?: number;
-  n_labelled?: number;
-}
+export type Case = Sent<Schemas["Case"], "patient_pseudonym" | "diagnosis" | "source" | "status">;
 
-export interface DifferentialClass {
-  code: string;
-  name: string;
-  group: Group;
-  count: number;
-  labelled: number;
-  predicted: number;
-  source: string | null;
-  percent: number | null;
-  per_100_wbc: number | null;
-}
+export type DifferentialClass = Narrowed<Schemas["DifferentialClass"], { group: Group }>;
+export type Flag = Schemas["Flag"];
 
-export interface Flag {
-  code: string;
-  message: string;
-}
+/** The schema types `totals` as a dict; the server (annotation/selectors/cases.py) sends these.
+ * The differential the browser computes while reclassifying (../differential.ts) has no `source`. */
+export type Differential = Narrowed<
+  Omit<Schemas["Differential"], "source">,
+  {
+    classes: DifferentialClass[];
+    totals: {
+      normal: { count: number; percent: number | null };
+      abnormal: { count: number; percent: number | null };
+      nrbc: { count: number; per_100_wbc: number | null };
+      artifacts: { count: number };
+    };
+  }
+>;
 
-export interface Differential {
-  cells_total: number;
-  labelled: number;
-  predicted_only: number;
-  unclassified: number;
-  open_review_items: number;
-  label_conflicts: number;
-  wbc_counted: number;
-  classes: DifferentialClass[];
-  totals: {
-    normal: { count: number; percent: number | null };
-    abnormal: { count: number; percent: number | null };
-    nrbc: { count: number; per_100_wbc: number | null };
-    artifacts: { count: number };
-  };
-  flags: Flag[];
-}
+export type CaseDetail = Case & { readonly differential: Differential & Pick<Schemas["Differential"], "source"> };
 
-export interface CaseDetail extends Case {
-  differential: Differential;
-}
+// --- model versions, training, routing ----------------------------------------------------
 
-export interface ModelVersion {
-  id: number;
-  name: string;
-  arch: string;
-  status: string;
-  created_at: string;
-  promoted_at: string | null;
-  triggered_by: string;
-}
+export type ModelVersion = Sent<Schemas["ModelVersion"], "status" | "promoted_at" | "triggered_by">;
 
-export interface ModelVersionDetail extends ModelVersion {
-  class_codes: string[];
-  metrics: Record<string, unknown> & {
-    balanced_accuracy?: number | null;
-    normal_tpr?: number | null;
-    abnormal_tpr?: number | null;
-    confusion?: number[][];
-    per_class?: Record<string, { n?: number; tpr?: number | null }>;
-    evaluation_set?: { confusion?: number[][]; per_class?: Record<string, { tpr?: number | null }> };
-  };
-  per_class_tpr: Record<string, number | null>;
-}
-
-export interface TrainingJob {
-  id: number;
-  trigger: string;
-  status: string;
-  progress: { stage?: string; percent?: number; epoch?: number; epochs?: number } & Record<
-    string,
-    unknown
+/** The schema types the JSON columns `class_codes`, `metrics` and `per_class_tpr` as `unknown`. */
+export type ModelVersionDetail = ModelVersion &
+  Narrowed<
+    Omit<Schemas["ModelVersionDetail"], keyof Schemas["ModelVersion"]>,
+    {
+      class_codes: string[];
+      metrics: Record<string, unknown> & {
+        balanced_accuracy?: number | null;
+        normal_tpr?: number | null;
+        abnormal_tpr?: number | null;
+        confusion?: number[][];
+        per_class?: Record<string, { n?: number; tpr?: number | null }>;
+        evaluation_set?: { confusion?: number[][]; per_class?: Record<string, { tpr?: number | null }> };
+      };
+      per_class_tpr: Record<string, number | null>;
+    }
   >;
-  error: string;
-  result_version: number | null;
-  result_version_name: string | null;
-  created_by: string | null;
-  created_at: string;
-  started_at: string | null;
-  finished_at: string | null;
-  log_tail?: string;
-}
 
-export interface RoutingConfig {
-  confidence_threshold: number;
-  weak_class_tpr: number;
-  audit_rate: number;
-  strategy: string;
-  lease_seconds: number;
-  retrain_min_new_labels: number;
-  labels_required_abnormal: number;
-  updated_at: string;
-}
+/** `GET /api/model-versions/compare/`: the schema types the answer as a dict. */
+export type ModelVersionComparison = {
+  guard_b_over_a: { passes: boolean; reasons: string[] };
+};
+
+/** The training job's `progress` JSON column (`unknown` in the schema), as the worker writes it. */
+export type TrainingProgress = { stage?: string; percent?: number; epoch?: number; epochs?: number } & Record<string, unknown>;
+
+/** A training job; the list leaves out `log_tail`, the detail has it. */
+export type TrainingJob = Sent<
+  Narrowed<Schemas["TrainingJob"], { progress: TrainingProgress }>,
+  "status" | "error" | "result_version" | "result_version_name" | "created_by" | "started_at" | "finished_at"
+> & { log_tail?: string };
+
+export type TrainingJobDetail = TrainingJob & Pick<Schemas["TrainingJobDetail"], "log_tail">;
+
+export type RoutingConfig = Sent<
+  Schemas["RoutingConfig"],
+  "confidence_threshold" | "weak_class_tpr" | "audit_rate" | "strategy" | "lease_seconds" | "retrain_min_new_labels" | "labels_required_abnormal"
+>;
+export type RoutingConfigUpdate = Schemas["PatchedRoutingConfigUpdateRequest"];
+
+export type UploadSummary = Narrowed<
+  Schemas["UploadSummary"],
+  { skipped_files: { file: string; reason: string }[]; unknown_class_names: Record<string, number> }
+>;
 
 // --- trust: agreement (GET /api/agreement/), adjudication, gold cells ----------------------
 
-export interface AgreementPair {
+/** `GET /api/agreement/` is a dict in the schema: the shape annotation/selectors sends. */
+export type AgreementPair = {
   a: string;
   b: string;
   n_items: number;
   kappa: number | null;
-}
+};
 
-export interface AgreementSummary {
+export type AgreementSummary = {
   fleiss_kappa: number | null;
   n_items: number;
   per_class: Record<string, number | null>;
   per_class_items?: Record<string, number>;
   pairs: AgreementPair[];
   by_week: { week: string; kappa: number | null; n_items: number }[];
-}
+};
 
-export interface AdjudicationItem {
-  id: number;
-  cell: number;
-  case: string;
-  case_id?: number;
-  image_url: string;
-  reasons: string[];
-  labels_required: number;
-  reads: Label[];
-}
+export type AdjudicationItem = Sent<Narrowed<Schemas["AdjudicationItem"], { reasons: string[] }>, "labels_required">;
 
-export interface GoldCell {
-  cell: number;
-  diff14: string;
-  note: string;
-  marked_by: string | null;
-  marked_at: string;
-  thumbnail_url: string;
-  /** the case's accession id; case_id is its id */
-  case: string;
-  case_id: number;
-  /** the cell's current label, to compare with the gold class */
-  current_label: string | null;
-}
-
-export interface GoldPerClass {
-  n: number;
-  correct: number;
-  tpr: number | null;
-}
-
-export interface GoldReader {
-  user: string;
-  n: number;
-  correct: number;
-  accuracy: number | null;
-  per_class: Record<string, GoldPerClass>;
-}
-
-export interface GoldModel {
-  model_version: number;
-  name: string;
-  status: string;
-  active: boolean;
-  n: number;
-  correct: number;
-  accuracy: number | null;
-  balanced_accuracy: number | null;
-  per_class: Record<string, GoldPerClass>;
-}
-
-export interface GoldGroup {
-  gold_cells: number;
-  readers: GoldReader[];
-  models: GoldModel[];
-}
-
-export interface GoldPerformance extends GoldGroup {
-  /** RoutingConfig.gold_rate: the share of the cells a reader takes that are gold */
-  gold_rate: number;
-  classes: string[];
-  by_scanner: Record<string, GoldGroup>;
-  by_stain: Record<string, GoldGroup>;
-}
+export type GoldCell = Schemas["GoldCell"];
+export type GoldPerClass = Schemas["ClassScore"];
+export type GoldReader = Schemas["ReaderScore"];
+export type GoldModel = Schemas["ModelScore"];
+export type GoldGroup = Schemas["GoldGroup"];
+export type GoldPerformance = Schemas["GoldPerformance"];

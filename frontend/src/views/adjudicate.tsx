@@ -3,13 +3,13 @@
 // and the labelling screen's 14-class palette and keys; the decision is an adjudicated
 // label (POST /api/adjudication/<item>/decide/) and the next disagreement appears.
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { ApiError, get, post } from "../api";
+import { ApiError, api } from "../api";
 import { CellViewer, ViewerTools, loadOverlay, useOverlayCanvas, zoomBy } from "../components/viewer";
 import type { Events } from "../events";
 import { buildKeyMap, useKeyActions, type KeyAction, type KeyMap } from "../keys";
 import { formatPercent, reasonText } from "../labelling";
 import { nextItem, readTally } from "../trust";
-import type { AdjudicationItem, Boot, CellDetail, Label } from "../types";
+import type { AdjudicationItem, Boot, CellDetail, Diff14Code } from "../types";
 import { Kbd, showError, showInfo } from "../ui";
 import { Palette } from "./label";
 
@@ -41,7 +41,7 @@ export function AdjudicateScreen({ boot, events }: { boot: Boot; events: Events 
 
   const load = async () => {
     try {
-      setItems(await get<AdjudicationItem[]>("/api/adjudication/"));
+      setItems(await api.get("/api/adjudication/"));
     } catch (e) {
       showError(e, "loading the cells to adjudicate");
     }
@@ -73,7 +73,7 @@ export function AdjudicateScreen({ boot, events }: { boot: Boot; events: Events 
     (async () => {
       const next: Shown = { detail: null, overlay: null, note: "" };
       try {
-        next.detail = await get<CellDetail>(`/api/cells/${shown.cell}/`);
+        next.detail = await api.get("/api/cells/{cell_id}/", { path: { cell_id: shown.cell } });
         const seg = next.detail.segmentations.filter((s) => s.mask_url).pop();
         if (seg?.mask_url) next.overlay = await loadOverlay(seg.mask_url);
         else {
@@ -97,7 +97,7 @@ export function AdjudicateScreen({ boot, events }: { boot: Boot; events: Events 
     const item = shown;
     setDeciding(true);
     try {
-      await post<Label>(`/api/adjudication/${item.id}/decide/`, { code });
+      await api.post("/api/adjudication/{item_id}/decide/", { path: { item_id: item.id }, body: { code: code as Diff14Code } });
       showInfo(`Cell ${item.cell} is now ${code} (${names.get(code) ?? code}), adjudicated.`);
       setDecided((d) => [...d, { cell: item.cell, code }]);
       setItems((list) => (list ?? []).filter((i) => i.id !== item.id));

@@ -3,11 +3,11 @@
 // composition with the routing thresholds, import/upload with a progress bar, and the
 // trust tab (agreement between readers and gold cells, views/trust.tsx).
 import { useEffect, useMemo, useState } from "preact/hooks";
-import { ApiError, get, getAll, patch, post, query, upload, type UploadProgress } from "../api";
+import { ApiError, api, type UploadProgress } from "../api";
 import { Bars, ConfusionMatrix, PairedBars, Progress } from "../components/charts";
 import type { Events } from "../events";
 import { reasonText } from "../labelling";
-import type { Boot, ModelVersion, ModelVersionDetail, QueueCounts, RoutingConfig, TrainingJob } from "../types";
+import type { Boot, ModelVersion, ModelVersionDetail, QueueCounts, RoutingConfig, TrainingJob, UploadSummary } from "../types";
 import { confirmAction, showError, showInfo, useLoad } from "../ui";
 import { TrustTab } from "./trust";
 
@@ -54,7 +54,7 @@ function tprOf(d: ModelVersionDetail): Record<string, number | null> {
 }
 
 function ModelsTab({ boot, events }: { boot: Boot; events: Events }) {
-  const [versions, reload] = useLoad(() => getAll<ModelVersion>("/api/model-versions/"), [], "loading the model versions");
+  const [versions, reload] = useLoad(() => api.getAll("/api/model-versions/"), [], "loading the model versions");
   const [a, setA] = useState<number | null>(null);
   const [b, setB] = useState<number | null>(null);
   useEffect(() => events.on("model.activated", () => reload()), []);
@@ -65,12 +65,12 @@ function ModelsTab({ boot, events }: { boot: Boot; events: Events }) {
     if (b === null || !versions.some((v) => v.id === b)) setB((versions.find((v) => v.id !== active.id) ?? active).id);
   }, [versions]);
   const [details, , loadingDetails] = useLoad(
-    async () => (a && b ? Promise.all([get<ModelVersionDetail>(`/api/model-versions/${a}/`), get<ModelVersionDetail>(`/api/model-versions/${b}/`)]) : null),
+    async () => (a && b ? Promise.all([a, b].map((id) => api.get("/api/model-versions/{version_id}/", { path: { version_id: id } }))) : null),
     [a, b, versions],
     "loading the two versions",
   );
   const [compare] = useLoad(
-    async () => (a && b && a !== b ? get<{ guard_b_over_a: { passes: boolean; reasons: string[] } }>(`/api/model-versions/compare/${query({ a, b })}`) : null),
+    async () => (a && b && a !== b ? api.get("/api/model-versions/compare/", { query: { a, b } }) : null),
     [a, b, versions],
     "comparing the versions",
   );
@@ -89,8 +89,9 @@ function ModelsTab({ boot, events }: { boot: Boot; events: Events }) {
     );
     if (!ok) return;
     try {
-      const url = `/api/model-versions/${v.id}/${action}/`;
-      await post(url, action === "promote" ? { force } : undefined);
+      const version = { path: { version_id: v.id } };
+      if (action === "promote") await api.post("/api/model-versions/{version_id}/promote/", { ...version, body: { force } });
+      else await api.post("/api/model-versions/{version_id}/rollback/", version);
       showInfo(`${v.name} is now the active model.`);
       reload();
     } catch (e) {
@@ -226,13 +227,13 @@ function VersionCard({ d, which, names }: { d: ModelVersionDetail; which: string
 // --- training ----------------------------------------------------------------------------------
 
 function TrainingTab({ events }: { events: Events }) {
-  const [jobs, reload] = useLoad(() => get<{ results: TrainingJob[] }>("/api/training-jobs/?limit=20").then((p) => p.results), [], "loading the training jobs");
+  const [jobs, reload] = useLoad(() => api.get("/api/training-jobs/", { query: { limit: 20 } }).then((p) => p.results), [], "loading the training jobs");
   const [live, setLive] = useState<Record<number, Partial<TrainingJob>>>({});
   const [logs, setLogs] = useState<Record<number, string>>({});
   const [starting, setStarting] = useState(false);
   useEffect(() => {
     const offs = [
-      events.on("training.progress", (data: { id: number; status: string; progress: TrainingJob["progress"]; error: string; result_version: string | null }) => {
+      events.on("training.progress", (data: { id: number; status: TrainingJob["status"]; progress: TrainingJob["progress"]; error: string; result_version: string | null }) => {
         setLive((prev) => ({ ...prev, [data.id]: { status: data.status, progress: data.progress, error: data.error, result_version_name: data.result_version } }));
         if (["succeeded", "failed", "cancelled"].includes(data.status)) reload();
       }),
@@ -248,7 +249,7 @@ function TrainingTab({ events }: { events: Events }) {
   // The list has no log; the newest job's detail has it.
   const newest = merged[0];
   const [detail, reloadDetail] = useLoad(
-    async () => (newest ? get<TrainingJob>(`/api/training-jobs/${newest.id}/`) : null),
+    async () => (newest ? api.get("/api/training-jobs/{job_id}/", { path: { job_id: newest.id } }) : null),
     [newest?.id, newest?.status],
     "loading the training job",
   );
@@ -267,7 +268,7 @@ function TrainingTab({ events }: { events: Events }) {
     if (!ok) return;
     setStarting(true);
     try {
-      const job = await post<TrainingJob>("/api/training-jobs/", { params: {} });
+      const job = await api.post("/api/training-jobs/", { body: { params: {} } });
       showInfo(`Training job ${job.id} is queued.`);
       reload();
     } catch (e) {
@@ -279,7 +280,7 @@ function TrainingTab({ events }: { events: Events }) {
   const cancel = async (job: TrainingJob) => {
     if (!(await confirmAction(`Cancel training job ${job.id}?`, <p>The job stops at its next progress report; no version is registered.</p>, "Cancel the job", true))) return;
     try {
-      await post(`/api/training-jobs/${job.id}/cancel/`);
+      await api.post("/api/training-jobs/{job_id}/cancel/", { path: { job_id: job.id } });
       reload();
     } catch (e) {
       showError(e, `cancelling job ${job.id}`);
@@ -366,7 +367,7 @@ function TrainingTab({ events }: { events: Events }) {
 
 function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
   const [counts, setCounts] = useState<QueueCounts | null>(null);
-  const [config, reloadConfig] = useLoad(() => get<RoutingConfig>("/api/routing-config/"), [], "loading the routing settings");
+  const [config, reloadConfig] = useLoad(() => api.get("/api/routing-config/"), [], "loading the routing settings");
   const [form, setForm] = useState<Partial<RoutingConfig>>({});
   // Edits in progress are never overwritten by a settings reload that arrives later.
   const [dirty, setDirty] = useState(false);
@@ -375,7 +376,7 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
     setForm({ ...form, ...change });
   };
   useEffect(() => {
-    const read = () => get<QueueCounts>("/api/queue/counts/").then(setCounts, (e) => showError(e, "reading the queue counts"));
+    const read = () => api.get("/api/queue/counts/").then(setCounts, (e) => showError(e, "reading the queue counts"));
     void read();
     const offs = [events.on("queue.counts", setCounts), events.onState((state) => state === "open" && void read())];
     return () => offs.forEach((off) => off());
@@ -397,7 +398,7 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
       return;
     }
     try {
-      const saved = await patch<RoutingConfig>("/api/routing-config/", changed);
+      const saved = await api.patch("/api/routing-config/", { body: changed });
       setForm(saved);
       setDirty(false);
       showInfo("Routing settings saved; they apply to cells routed from now on.");
@@ -480,17 +481,6 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
 
 // --- import ---------------------------------------------------------------------------------------
 
-interface UploadSummary {
-  line: string;
-  new_cells: number;
-  labelled: number;
-  duplicates: number;
-  skipped: number;
-  skipped_files: { file: string; reason: string }[];
-  cases_created: number;
-  unknown_class_names: Record<string, number>;
-}
-
 function ImportTab({ boot }: { boot: Boot }) {
   const [files, setFiles] = useState<File[]>([]);
   const [caseName, setCaseName] = useState("");
@@ -516,7 +506,7 @@ function ImportTab({ boot }: { boot: Boot }) {
     setPhase("uploading");
     setProgress({ loaded: 0, total: files.reduce((s, f) => s + f.size, 0) });
     try {
-      const result = await upload<UploadSummary>("/api/cells/upload/", form, (p) => {
+      const result = await api.upload("/api/cells/upload/", form, (p) => {
         setProgress(p);
         if (p.total && p.loaded >= p.total) setPhase("importing");
       });

@@ -1,11 +1,11 @@
 // Cases: the list with filters and status, and one case's review: the gallery of its
 // cells grouped by class, reclassification by key, the differential and sign-off.
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { get, getAll, post, query } from "../api";
+import { api } from "../api";
 import { computeDifferential, effectiveCode, groupByClass, signOffBlocker } from "../differential";
 import type { Events } from "../events";
 import { buildKeyMap, isTypingTarget, keyAction } from "../keys";
-import type { Boot, Case, CaseDetail, Cell, Differential, Label, Page } from "../types";
+import type { Boot, Case, CaseDetail, Cell, Diff14Code, Differential, Label } from "../types";
 import { Kbd, confirmAction, dialogOpen, roles, showError, showInfo, useLoad } from "../ui";
 import { Palette } from "./label";
 import { GoldMarkForm } from "./trust";
@@ -16,7 +16,8 @@ export function CaseList({ boot: _boot }: { boot: Boot }) {
   const [filters, setFilters] = useState({ status: "", search: "", diagnosis: "" });
   const [applied, setApplied] = useState(filters);
   const [page, reload, loading] = useLoad(
-    () => get<Page<Case>>(`/api/cases/${query({ ...applied, limit: 200 })}`),
+    () => // "" is "any status": the client leaves unset parameters out.
+    api.get("/api/cases/", { query: { ...applied, status: (applied.status || undefined) as Case["status"] | undefined, limit: 200 } }),
     [applied.status, applied.search, applied.diagnosis],
     "loading the cases",
   );
@@ -111,8 +112,8 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
   const load = async () => {
     try {
       const [detail, list] = await Promise.all([
-        get<CaseDetail>(`/api/cases/${caseId}/`),
-        getAll<Cell>(`/api/cells/${query({ case: caseId })}`),
+        api.get("/api/cases/{case_id}/", { path: { case_id: caseId } }),
+        api.getAll("/api/cells/", { query: { case: caseId } }),
       ]);
       setCase(detail);
       setCells(list);
@@ -136,7 +137,7 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
 
   const refreshServer = async () => {
     try {
-      setCase(await get<CaseDetail>(`/api/cases/${caseId}/`));
+      setCase(await api.get("/api/cases/{case_id}/", { path: { case_id: caseId } }));
     } catch (e) {
       showError(e, "refreshing the case");
     }
@@ -165,11 +166,11 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
       return;
     }
     const before = new Map(cells.map((c) => [c.id, c]));
-    const optimistic: Label = { id: 0, cell: 0, code, source: "hematologist", annotator: boot.user.username, created_at: "", supersedes: null };
+    const optimistic: Label = { id: 0, cell: 0, code: code as Diff14Code, source: "hematologist", annotator: boot.user.username, created_at: "", supersedes: null };
     setCells(cells.map((c) => (ids.includes(c.id) ? { ...c, label: { ...optimistic, cell: c.id } } : c)));
     setSelected(new Set()); // now, not after the answers: the next selection may start meanwhile
     setSaving((n) => n + 1);
-    const results = await Promise.allSettled(ids.map((id) => post<Label>(`/api/cells/${id}/labels/`, { code })));
+    const results = await Promise.allSettled(ids.map((id) => api.post("/api/cells/{cell_id}/labels/", { path: { cell_id: id }, body: { code: code as Diff14Code } })));
     setSaving((n) => n - 1);
     const failed = ids.filter((_, i) => results[i].status === "rejected");
     results.forEach((r, i) => r.status === "rejected" && showError(r.reason, `reclassifying cell ${ids[i]} as ${code}`));
@@ -260,7 +261,7 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
     );
     if (!ok) return;
     try {
-      const updated = await post<Case>(`/api/cases/${caseId}/sign-off/`);
+      const updated = await api.post("/api/cases/{case_id}/sign-off/", { path: { case_id: caseId } });
       setCase({ ...caseInfo, ...updated });
       showInfo(`Case ${updated.accession_id} is signed off.`);
     } catch (e) {

@@ -2,22 +2,23 @@
 // why it was queued and the model's top 3 classes; the 14 classes as a palette; one key
 // labels and moves on. Works with the keyboard alone and with the mouse alone.
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
-import { csrfToken, get, post } from "../api";
+import { api as client, apiUrl, csrfToken } from "../api";
 import { CellViewer, ViewerTools, loadOverlay, useOverlayCanvas, zoomBy } from "../components/viewer";
 import type { Events } from "../events";
 import { buildKeyMap, useKeyActions, type KeyAction, type KeyMap } from "../keys";
 import { formatPercent, normaliseLease, reasonText, topClasses } from "../labelling";
 import { LabelQueue, type QueueApi } from "../queue";
-import type { Boot, CellDetail, Label, QueueCounts, ReviewItem } from "../types";
+import type { Boot, CellDetail, Diff14Code, QueueCounts, ReviewItem } from "../types";
 import { Kbd, showError, showInfo } from "../ui";
 
 const api: QueueApi = {
-  lease: async (count) => normaliseLease(await post<unknown>("/api/queue/next/", { count })),
-  submit: (id, code) => post<Label>(`/api/queue/items/${id}/submit/`, { code }),
-  skip: (id) => post<void>(`/api/queue/items/${id}/skip/`),
-  release: (id) => post<void>(`/api/queue/items/${id}/release/`),
-  flag: (id, flagged) => post<unknown>(`/api/queue/items/${id}/flag/`, { flagged }),
-  relabel: (cellId, code) => post<Label>(`/api/cells/${cellId}/labels/`, { code }),
+  lease: async (count) => normaliseLease(await client.post("/api/queue/next/", { body: { count } })),
+  // The codes come from the boot JSON's taxonomy, the same list as the schema's Diff14CodeEnum.
+  submit: (id, code) => client.post("/api/queue/items/{item_id}/submit/", { path: { item_id: id }, body: { code: code as Diff14Code } }),
+  skip: (id) => client.post("/api/queue/items/{item_id}/skip/", { path: { item_id: id } }),
+  release: (id) => client.post("/api/queue/items/{item_id}/release/", { path: { item_id: id } }),
+  flag: (id, flagged) => client.post("/api/queue/items/{item_id}/flag/", { path: { item_id: id }, body: { flagged } }),
+  relabel: (cellId, code) => client.post("/api/cells/{cell_id}/labels/", { path: { cell_id: cellId }, body: { code: code as Diff14Code } }),
 };
 
 interface Prepared {
@@ -56,7 +57,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
     entry.image.src = item.cell.image_url;
     const decoded = entry.image.decode().catch(() => undefined);
     try {
-      entry.detail = await get<CellDetail>(`/api/cells/${id}/`);
+      entry.detail = await client.get("/api/cells/{cell_id}/", { path: { cell_id: id } });
       const segs = entry.detail.segmentations.filter((s) => s.mask_url);
       const seg = segs[segs.length - 1];
       if (seg?.mask_url) {
@@ -95,7 +96,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
     window.__wbcLatencies = [];
     queue.start();
     const readCounts = () =>
-      get<QueueCounts>("/api/queue/counts/").then(setCounts, (e) => showError(e, "reading the queue counts"));
+      client.get("/api/queue/counts/").then(setCounts, (e) => showError(e, "reading the queue counts"));
     void readCounts();
     const offCounts = events.on("queue.counts", (data: QueueCounts) => {
       setCounts(data);
@@ -109,7 +110,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
     };
     const release = () => {
       for (const id of queue.heldItemIds()) {
-        fetch(`/api/queue/items/${id}/release/`, {
+        fetch(apiUrl("/api/queue/items/{item_id}/release/", { item_id: id }), {
           method: "POST",
           keepalive: true,
           credentials: "same-origin",

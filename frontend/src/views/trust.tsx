@@ -2,10 +2,10 @@
 // overall, per class and per week; Cohen's kappa per pair of readers as a heat map) and
 // gold cells (readers' and models' accuracy on them, the list, marking and retiring).
 import { useState } from "preact/hooks";
-import { ApiError, del, get, post } from "../api";
+import { ApiError, api } from "../api";
 import { LineChart } from "../components/charts";
 import { KAPPA_BANDS, classKappaRows, formatKappa, goldClasses, isLow, kappaBand, pairMatrix } from "../trust";
-import type { AgreementSummary, Boot, GoldCell, GoldGroup, GoldModel, GoldPerClass, GoldPerformance, GoldReader } from "../types";
+import type { Boot, Diff14Code, GoldCell, GoldGroup, GoldModel, GoldPerClass, GoldReader } from "../types";
 import { confirmAction, showError, showInfo, useLoad } from "../ui";
 
 export function TrustTab({ boot }: { boot: Boot }) {
@@ -30,7 +30,7 @@ function KappaValue({ kappa, n, testid }: { kappa: number | null; n?: number; te
 }
 
 export function AgreementPanel({ boot }: { boot: Boot }) {
-  const [summary, reload, loading] = useLoad(() => get<AgreementSummary>("/api/agreement/"), [], "loading the agreement between readers");
+  const [summary, reload, loading] = useLoad(() => api.get("/api/agreement/"), [], "loading the agreement between readers");
   if (!summary) return <section aria-labelledby="agreement-title"><h2 id="agreement-title">Agreement between readers</h2><p>{loading ? "Loading…" : "Not available."}</p></section>;
   const { readers, cells } = pairMatrix(summary.pairs);
   const classes = classKappaRows(summary.per_class, boot.taxonomy);
@@ -296,8 +296,8 @@ export function GoldPerformanceTables({ perf, boot, scope, testid }: { perf: Gol
 }
 
 export function GoldPanel({ boot, version, onChange }: { boot: Boot; version: number; onChange: () => void }) {
-  const [gold] = useLoad(() => orMissing(get<GoldCell[]>("/api/gold/")), [version], "loading the gold cells");
-  const [perf] = useLoad(() => orMissing(get<GoldPerformance>("/api/gold/performance/")), [version], "loading the performance on gold cells");
+  const [gold] = useLoad(() => orMissing(api.get("/api/gold/")), [version], "loading the gold cells");
+  const [perf] = useLoad(() => orMissing(api.get("/api/gold/performance/")), [version], "loading the performance on gold cells");
   const names = new Map(boot.taxonomy.map((c) => [c.code, c.name]));
 
   const retire = async (g: GoldCell) => {
@@ -312,7 +312,7 @@ export function GoldPanel({ boot, version, onChange }: { boot: Boot; version: nu
     );
     if (!ok) return;
     try {
-      await del(`/api/gold/${g.cell}/`);
+      await api.delete("/api/gold/{cell_id}/", { path: { cell_id: g.cell } });
       showInfo(`Cell ${g.cell} is no longer a gold cell.`);
       onChange();
     } catch (e) {
@@ -428,7 +428,7 @@ export function GoldMarkForm({
     }
     setSaving(true);
     try {
-      await post<GoldCell>("/api/gold/", { cell: target, diff14: code, note });
+      await api.post("/api/gold/", { body: { cell: target, diff14: code as Diff14Code, note } });
       showInfo(`Cell ${target} is now a gold cell (${code}).`);
       setNote("");
       if (!cellId) setCell("");

@@ -1,7 +1,8 @@
-// Calls to the REST API with the browser session: the CSRF header on writes, and every
-// error turned into an ApiError whose message a person can read (the API's own
-// {"error": {"code", "message", "fields"}} when there is one).
-import type { Page } from "./types";
+// The transport under the typed client (./index.ts): calls with the browser session, the
+// CSRF header on writes, and every error turned into an ApiError whose message a person
+// can read (the API's own {"error": {"code", "message", "fields"}} when there is one).
+// It takes URLs as strings; screens never call it directly, they use ./index.ts, whose
+// URLs come from the schema's paths.
 
 export class ApiError extends Error {
   constructor(
@@ -51,7 +52,7 @@ export function describeError(error: unknown): string {
   return String(error);
 }
 
-type Method = "GET" | "POST" | "PATCH" | "PUT" | "DELETE";
+export type Method = "GET" | "POST" | "PATCH" | "PUT" | "DELETE";
 
 export async function request<T>(
   method: Method,
@@ -91,24 +92,8 @@ function isSignedOut(data: unknown): boolean {
   return code === "not_authenticated";
 }
 
-export const get = <T>(url: string) => request<T>("GET", url);
-export const post = <T>(url: string, body?: unknown, init?: RequestInit) => request<T>("POST", url, body, init);
-export const patch = <T>(url: string, body?: unknown) => request<T>("PATCH", url, body);
-export const del = <T = void>(url: string) => request<T>("DELETE", url);
-
-/** Every page of a paginated list. */
-export async function getAll<T>(url: string, limit = 500): Promise<T[]> {
-  const out: T[] = [];
-  let next: string | null = url + (url.includes("?") ? "&" : "?") + `limit=${limit}`;
-  while (next) {
-    const page: Page<T> = await get<Page<T>>(next);
-    out.push(...page.results);
-    next = page.next;
-  }
-  return out;
-}
-
-export function query(params: Record<string, string | number | undefined | null>): string {
+/** `?a=1&b=2`, leaving out parameters that are unset or empty. */
+export function query(params: Record<string, string | number | boolean | undefined | null>): string {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") q.set(k, String(v));
   const s = q.toString();
