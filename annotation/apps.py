@@ -19,3 +19,10 @@ class AnnotationConfig(AppConfig):
 
         # Failed sign-ins belong in the audit trail (who tried which account, from where).
         user_login_failed.connect(audit_login_failed, dispatch_uid="wbc-audit-login-failed")
+
+        from axes.signals import user_locked_out
+
+        from annotation.services.login_throttle import login_locked_audit
+
+        # So are lockouts (django-axes sends the signal; annotation/services/login_throttle.py).
+        user_locked_out.connect(login_locked_audit, dispatch_uid="wbc-audit-login-locked")

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "axes",  # the sign-in lockout (annotation/services/login_throttle.py)
     "annotation",
 ]
 
@@ -74,6 +75,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Answers a sign-in axes locked out (wbcportal/login.py). Above the sync-only database
+    # middleware, so it runs sync and gets the form's page (its async path drops it).
+    "axes.middleware.AxesMiddleware",
     # A lost database connection: 503 with what to do (wbcportal/middleware.py).
     "wbcportal.middleware.DatabaseUnavailableMiddleware",
 ]
@@ -152,10 +156,28 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-# Sign-in lockout per username and client address (annotation/services/login_throttle.py):
-# this many failures within the window lock the pair out for the window.
+# Sign-in lockout per username and client address, by django-axes
+# (annotation/services/login_throttle.py): this many failures, each within the window of
+# the one before, lock the pair out for the window.
 WBC_LOGIN_MAX_FAILURES = int(os.environ.get("WBC_LOGIN_MAX_FAILURES", 5))
 WBC_LOGIN_WINDOW_SECONDS = int(os.environ.get("WBC_LOGIN_WINDOW_SECONDS", 15 * 60))
+AUTHENTICATION_BACKENDS = [
+    # First: a locked-out pair is refused before its password is checked.
+    "wbcportal.login.LockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Callables, so the two WBC_ settings above are read on each attempt.
+AXES_FAILURE_LIMIT = "annotation.services.login_throttle.login_failure_limit"
+AXES_COOLOFF_TIME = "annotation.services.login_throttle.login_cooloff"
+AXES_USERNAME_CALLABLE = "annotation.services.login_throttle.login_username"
+AXES_LOCKOUT_CALLABLE = "wbcportal.login.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+# Attempts refused during a lockout do not prolong it: it ends when the message said.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Failed sign-ins and lockouts are audit events; axes' log of every successful sign-in
+# would be a new table that grows without bound (the portal never kept one).
+AXES_DISABLE_ACCESS_LOG = True
 # Cells the labelling screen leases and loads ahead of the one on screen (0: one at a
 # time, fetched after each label; benchmarks/bench_browser.py measures both).
 WBC_LABEL_PREFETCH = max(0, min(9, int(os.environ.get("WBC_LABEL_PREFETCH", 4))))
@@ -171,7 +193,8 @@ USE_TZ = True
 # --- Redis: Celery and Channels -------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
-CELERY_TASK_QUEUES_NAMES = ("cpu", "gpu")
+# The queues themselves are declared in wbcportal/celery.py. Route by resource; the task
+# names are those the tasks had in mlworker/tasks.py (annotation/tasks/ now).
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ROUTES = {
     "mlworker.tasks.segment_*": {"queue": "cpu"},

@@ -8,22 +8,51 @@ the last one's, the last weighted by how much of it still overlaps the sliding w
 one ``INCR`` and one ``GET`` in a single round trip to Redis, whatever the rate. DRF's
 ``SimpleRateThrottle`` keeps the timestamp of every request in the window instead, and
 reads and rewrites that whole list on each request: 6,000 floats pickled twice per request
-at the default rate of 6000/min.
+at the default rate of 6000/min. So the counting stays ours; DRF's class still parses
+the rate, and DRF answers the 429.
+
+Django's cache API offers no pipeline (its ``incr`` alone is two round trips) and no public
+way to its Redis client, so the counters get a redis-py client of their own, on the cache's
+location, with the cache's key names: ``cache.clear()`` and ``cache.decr`` see the same keys.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 from rest_framework.authtoken.models import Token
 from rest_framework.throttling import SimpleRateThrottle
 
+from annotation.errors import broker_errors
+
 if TYPE_CHECKING:  # importing DRF views here would be circular (DRF settings load us)
+    import redis
     from rest_framework.request import Request
     from rest_framework.views import APIView
+
+
+@functools.cache
+def _redis_client(location: str) -> redis.Redis:
+    """One client (one connection pool) per process and location; redis-py's pools are
+    thread-safe and reset themselves after a fork. Imported on first use, like
+    ``broker_errors``: the embedded default never talks to Redis."""
+    import redis
+
+    return redis.Redis.from_url(location)
+
+
+def _cache_location() -> str:
+    """The Redis server the default cache writes to: the first of its LOCATION, as Django's
+    RedisCache reads it (a list, or a string split at commas and semicolons)."""
+    location = settings.CACHES["default"]["LOCATION"]
+    servers = re.split("[;,]", location) if isinstance(location, str) else list(location)
+    return str(servers[0])
 
 
 def window_counts(key: str, window: int, duration: int) -> tuple[int, int]:
@@ -33,8 +62,7 @@ def window_counts(key: str, window: int, duration: int) -> tuple[int, int]:
     backend = caches["default"]  # ``cache`` is a proxy: isinstance needs the backend
     if isinstance(backend, RedisCache):
         full = backend.make_and_validate_key(current)
-        client = backend._cache.get_client(full, write=True)  # type: ignore[attr-defined]
-        pipe = client.pipeline(transaction=False)
+        pipe = _redis_client(_cache_location()).pipeline(transaction=False)
         pipe.incr(full)
         pipe.expire(full, 2 * duration)
         pipe.get(backend.make_and_validate_key(previous))
@@ -66,18 +94,16 @@ class TokenClientThrottle(SimpleRateThrottle):
         window = int(now // self.duration)
         # The counters live in Redis; while it is down, scripts keep working unthrottled
         # rather than every token request failing (tests/faults/test_redis.py).
-        import redis
-
         try:
             count, before = window_counts(key, window, self.duration)
-        except (redis.ConnectionError, redis.TimeoutError):
+        except broker_errors():
             return True
         elapsed = (now - window * self.duration) / self.duration  # of this window, gone
         estimate = before * (1 - elapsed) + count
         if estimate <= self.num_requests:
             return True
         # Refused requests do not count, so a client that waits as told gets through.
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+        with contextlib.suppress(*broker_errors()):
             window_uncount(key, window)
         # The wait: the previous window's weight falls linearly until the estimate is
         # under the limit again; if that takes longer than this window, its end.

@@ -52,7 +52,7 @@ def audit_login_failed(
         actor=None,
         action="login.failed",
         target_type="user",
-        target_id=username,
+        target_id=username[:64],  # the column's length; "after" has the whole name
         after={"username": username, "remote_addr": address},
     )
 

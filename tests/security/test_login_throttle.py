@@ -97,3 +97,22 @@ def test_the_lockout_ends_after_the_window(users, settings) -> None:
     assert token_login(PASSWORD).status_code == 429
     time.sleep(2.5)
     assert token_login(PASSWORD).status_code == 200
+
+
+def test_refused_attempts_do_not_prolong_the_lockout(users, settings) -> None:
+    settings.WBC_LOGIN_WINDOW_SECONDS = 2
+    for _ in range(5):
+        token_login("wrong")
+    time.sleep(1)
+    for password in ("wrong", "wrong", PASSWORD):
+        assert_error_shape(token_login(password), 429, "login_locked")
+    time.sleep(1.5)
+    assert token_login(PASSWORD).status_code == 200
+    assert AuditEvent.objects.filter(action="login.locked").count() == 1
+
+
+def test_an_overlong_username_is_refused_not_an_error(users) -> None:
+    # The token endpoint takes any length; the lockout's table holds 255 characters.
+    for _ in range(4):
+        assert_error_shape(token_login("wrong", username="x" * 300), 400, "invalid")
+    assert_error_shape(token_login("wrong", username="x" * 300), 429, "login_locked")
