@@ -64,7 +64,10 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def health(request: HttpRequest) -> JsonResponse:
-    """Liveness and readiness: the database answers."""
+    """Liveness and readiness: the database answers (else 503). 200 "degraded" says the
+    site serves but work is not getting done: the broker does not answer, or cells are
+    stranded (annotation/selectors/pipeline.py; housekeeping queues them again within a
+    minute, so a lasting "degraded" means no worker or no beat is running)."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -77,14 +80,29 @@ def health(request: HttpRequest) -> JsonResponse:
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
     broker = _broker_status()
-    return JsonResponse(
-        {
-            # Without Redis the pages and the API still answer; new work is not queued.
-            "status": "ok" if broker != "unavailable" else "degraded",
-            "database": database,
-            "broker": broker,
-        }
-    )
+    pipeline = _pipeline_status() if broker == "redis" else None
+    stranded = pipeline is not None and any(stage["stranded"] for stage in pipeline.values())
+    body: dict[str, Any] = {
+        # Without Redis the pages and the API still answer; new work is not queued.
+        "status": "degraded" if broker == "unavailable" or stranded else "ok",
+        "database": database,
+        "broker": broker,
+    }
+    if pipeline is not None:
+        body["pipeline"] = pipeline
+        body["stranded_after_s"] = settings.WBC_STRANDED_AFTER_SECONDS
+    return JsonResponse(body)
+
+
+def _pipeline_status() -> dict[str, dict[str, int | None]] | None:
+    """Stranded cells per stage (count, oldest age in seconds); None if it cannot be told."""
+    from annotation.selectors.pipeline import pipeline_stranded_summary
+
+    try:
+        return pipeline_stranded_summary()
+    except Exception:  # a health check reports; it must not fail on what it reports about
+        logger.exception("health check: the pipeline state could not be read")
+        return None
 
 
 def _broker_status() -> str:

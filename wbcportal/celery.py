@@ -7,7 +7,8 @@ from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wbcportal.settings")
 
-app = Celery("wbcportal")
+# The task class sends eager tasks to a background thread in the embedded web server.
+app = Celery("wbcportal", task_cls="wbcportal.embedded:EmbeddedTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue("cpu"), Queue("gpu")]
 # annotation/tasks/ holds every task that touches the database; mlworker is plain Python
@@ -31,10 +32,13 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
             "schedule": 1.0,
             "options": {"queue": "cpu", "expires": 5},
         },
+        # Reconciliation: leases, silent training jobs, lost training tasks, stranded cells
+        # (annotation/tasks/housekeeping.py). Every run looks at the whole state, so runs
+        # missed while the cpu worker was down are dropped, not made up one by one.
         "housekeeping": {
             "task": "mlworker.tasks.housekeeping",
             "schedule": 60.0,
-            "options": {"queue": "cpu"},
+            "options": {"queue": "cpu", "expires": 55},
         },
     }
 

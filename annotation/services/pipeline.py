@@ -5,6 +5,8 @@ The Celery tasks (annotation/tasks/pipeline.py) pass ids to ``cells_segment`` an
 version), so a task delivered twice (acks_late after a worker died) changes nothing the
 second time. Tasks are sent with ``delay_on_commit``: a worker must find the rows the
 enqueuing transaction wrote, and nothing is queued for a transaction that rolled back.
+A task that never comes back (its worker was killed, or it was never sent) is queued again
+by ``cells_reconcile`` (housekeeping, every minute), not left to the visibility timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.utils import timezone
 
 from annotation.models import CellImage, GoldCell, ModelVersion, Prediction, Segmentation
 from annotation.services.routing import cells_route
@@ -102,6 +105,40 @@ def cells_enqueue_pending(*, version: ModelVersion | None) -> PendingQueued:
             )
             cells_enqueue_scoring(cell_ids=unscored, version_id=version.pk)
     return PendingQueued(segmentation=len(unsegmented), scoring=len(unscored))
+
+
+def cells_reconcile() -> dict[str, int]:
+    """Queue again the cells nothing is working on (stranded: the rule is in
+    annotation/selectors/pipeline.py), so a worker killed mid-batch, a task never sent
+    or a message lost with Redis is made good within minutes instead of at the visibility
+    timeout. Run every minute by housekeeping; returns how many cells were queued per
+    stage.
+
+    Safe to repeat: the tasks skip what is done, and a stage is only re-queued while no
+    task of it waits in its queue, so the batches queued here stop the next run from
+    queueing them again.
+    """
+    from annotation.selectors.pipeline import STAGES, pipeline_stage_state
+
+    now = timezone.now()
+    queued: dict[str, int] = {}
+    for stage in STAGES:
+        state = pipeline_stage_state(stage=stage, now=now)
+        ids = list(state.stranded.order_by("id").values_list("id", flat=True))
+        queued[stage] = len(ids)
+        if not ids:
+            continue
+        logger.warning(
+            "%d cells stranded in %s (no task waiting, no result for %d s); queued again",
+            len(ids),
+            stage,
+            settings.WBC_STRANDED_AFTER_SECONDS,
+        )
+        if stage == "segmentation":
+            cells_enqueue_segmentation(cell_ids=ids)
+        else:
+            cells_enqueue_scoring(cell_ids=ids)  # with the version active when it runs
+    return queued
 
 
 def cells_segment(*, cell_ids: Sequence[int]) -> dict[str, int]:

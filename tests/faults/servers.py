@@ -1,11 +1,12 @@
-"""Real processes for the fault tests: the web app under uvicorn, and a private
-redis-server the test may stop and start (never the system Redis on 6379)."""
+"""Real processes for the fault tests: the web app under uvicorn, Celery beat, and a
+private redis-server the test may stop and start (never the system Redis on 6379)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.paths import REPO_ROOT
 from tests.processes import stop_process
 from tests.servers import free_port, uvicorn_server
 
@@ -94,3 +96,17 @@ class PrivateRedis:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+
+
+def start_beat(redis_url: str, *, workdir: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``celery beat`` as production runs it (wbcportal/celery.py's schedule: housekeeping
+    every minute), its schedule file in ``workdir``. Stop it with ``stop_process``."""
+    from tests.conftest import worker_env
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "wbcportal", "beat", "--loglevel", "INFO",
+        "--schedule", str(workdir / "beat-schedule"), "--pidfile", "",
+    ]  # fmt: skip
+    with log.open("ab") as fh:
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=worker_env(redis_url), stdout=fh, stderr=fh)

@@ -144,3 +144,32 @@ def test_queued_tasks_survive_a_redis_restart_and_the_app_answers_meanwhile(
     finally:
         stop_process(worker, timeout=30)
     assert Segmentation.objects.count() == 7 and Prediction.objects.count() == 7
+
+
+def test_a_training_request_while_redis_is_down_fails_its_job_and_blocks_nothing(
+    private_redis: PrivateRedis, tmp_path: Path, settings: Any, users: dict[str, Any]
+) -> None:
+    from annotation.models import TrainingJob
+    from annotation.services.training.jobs import NOT_QUEUED
+
+    token = Token.objects.get_or_create(user=users["admin"])[0].key
+    media = Path(str(settings.MEDIA_ROOT))
+    with web_server(redis_url=private_redis.url, media_root=media, log=tmp_path / "web.log") as url:
+        private_redis.stop()
+        status, headers, raw = http("POST", f"{url}/api/training-jobs/", token=token, body={})
+        assert status == 503 and "retry-after" in headers, raw
+        error = json.loads(raw)["error"]
+        job = TrainingJob.objects.get()
+        assert error["code"] == "queue_unavailable"
+        assert f"training job {job.pk} could not be queued" in error["message"]
+        assert "marked failed" in error["message"]
+        # The job says why it never ran and holds no lock: nothing waits on Redis coming back.
+        assert job.status == "failed" and job.error == NOT_QUEUED and job.lock is None
+
+        private_redis.start()
+        status, _, raw = http("POST", f"{url}/api/training-jobs/", token=token, body={})
+        assert status == 201, raw
+        retry = TrainingJob.objects.get(pk=json.loads(raw)["id"])
+    assert retry.status == "queued" and retry.celery_task_id
+    client = redis.Redis(port=private_redis.port)
+    assert client.llen("gpu") == 1  # sent: a gpu worker runs it

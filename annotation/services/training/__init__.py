@@ -1,6 +1,7 @@
 """Retraining: jobs and their lock, the data they learn from, the run, the schedule.
 
-- ``jobs``: open (one open job at a time), cancel, fail (watchdog, dead task), announce;
+- ``jobs``: open (one open job at a time), cancel, fail (watchdog, dead task, not
+  queued), send again (a lost task), announce;
 - ``dataset``: the labelled cells and the fixed evaluation set (chosen with the CLI's
   splitter, mlworker.train.splits, grouped by case);
 - ``run``: a job from labelled cells to a registered candidate (in a Celery worker), and
@@ -22,6 +23,7 @@ from annotation.services.training.jobs import (
     training_job_create,
     training_job_fail_by_task,
     training_jobs_fail_stale,
+    training_jobs_requeue_lost,
 )
 from annotation.services.training.run import (
     LOG_TAIL_CHARS,
@@ -47,4 +49,5 @@ __all__ = [
     "training_job_run",
     "training_job_start_from_task",
     "training_jobs_fail_stale",
+    "training_jobs_requeue_lost",
 ]

@@ -1,8 +1,11 @@
 """A training job's life outside the run itself: open (and the one-open-job lock), cancel,
-fail (watchdog, dead task) and the websocket announcements every change sends."""
+fail (watchdog, dead task, a task that could not be queued), send again (a task lost on
+its way), and the websocket announcements every change sends. No lock outlives its job:
+every way a job can end short of running releases it (docs/faults.md)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -10,13 +13,22 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotation.errors import ApplicationError, get_or_404
+from annotation.errors import ApplicationError, broker_errors, get_or_404
 from annotation.models import TrainingJob
 from annotation.services.audit import audit_event_create
 from annotation.services.events import JOB_LOGS_GROUP, JOBS_GROUP, broadcast
 from annotation.types import UserLike
 
+logger = logging.getLogger(__name__)
+
 ERROR_CHARS = 4000
+NOT_QUEUED = (
+    "the task queue (Redis) was not reachable when the job was requested, so it never "
+    "ran; the active model is unchanged. Request the training again once the queue is back."
+)
+# A queued job's task is looked for in the broker only after this long: the request that
+# opened the job sends it right after its commit.
+QUEUED_GRACE_SECONDS = 60
 WORKER_LOST = (
     "the worker running this job was lost (killed or crashed); the active model is "
     "unchanged. Start the job again."
@@ -66,15 +78,7 @@ def training_job_create(
             )
             job_id = job.pk
 
-            def send() -> None:
-                from annotation.tasks.training import train_model
-
-                result = train_model.delay(job_id)
-                TrainingJob.objects.filter(pk=job_id, celery_task_id="").update(
-                    celery_task_id=result.id or ""
-                )
-
-            transaction.on_commit(send)
+            transaction.on_commit(lambda: _training_job_send(job_id=job_id))
             training_job_announce(job=job)
     except IntegrityError:
         open_job = TrainingJob.objects.filter(lock=True).first()
@@ -85,6 +89,68 @@ def training_job_create(
             status=409,
         ) from None
     return job
+
+
+def _training_job_send(*, job_id: int) -> None:
+    """Queue the job's task (on commit). A broker that does not answer fails the job
+    there and then, releasing the lock, and answers 503 saying so: a job left queued
+    without a task would hold the lock and refuse every later request until cancelled."""
+    from annotation.tasks.training import train_model
+
+    try:
+        result = train_model.delay(job_id)
+    except broker_errors():
+        logger.warning("training job %s: the task queue does not answer; job failed", job_id)
+        with transaction.atomic():
+            job = TrainingJob.objects.select_for_update().filter(pk=job_id).first()
+            if job is not None and job.status == TrainingJob.Status.QUEUED:
+                training_job_finish(job=job, status=TrainingJob.Status.FAILED, error=NOT_QUEUED)
+        raise ApplicationError(
+            f"The task queue (Redis) is not reachable, so training job {job_id} could not be "
+            "queued: it is marked failed and blocks nothing. Request the training again once "
+            "the queue is back (see /health/).",
+            code="queue_unavailable",
+            status=503,
+        ) from None
+    TrainingJob.objects.filter(pk=job_id, celery_task_id="").update(celery_task_id=result.id or "")
+
+
+def training_jobs_requeue_lost(*, older_than_s: int = QUEUED_GRACE_SECONDS) -> list[int]:
+    """Housekeeping: send again the task of a queued job whose message is nowhere in the
+    broker (neither waiting in ``gpu`` nor taken by a worker), older than a minute. That
+    is a send that never happened (the web process died between commit and send) or a
+    message Redis lost (a restart without persistence); either would leave the job queued
+    for ever, holding the training lock. A copy that turns up after all is harmless: a
+    task only runs a job that is still queued. Without an answering broker nothing is
+    judged (and nothing could be sent)."""
+    from annotation.broker import broker_tasks
+    from annotation.tasks.training import train_model
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    candidates = list(
+        TrainingJob.objects.filter(status=TrainingJob.Status.QUEUED, created_at__lt=cutoff)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    if not candidates:
+        return []
+    in_broker = broker_tasks(queue="gpu", names=frozenset({train_model.name}), reserved=True)
+    if in_broker is None:
+        return []
+    present = {int(t.args[0]) for t in in_broker if t.args and isinstance(t.args[0], int)}
+    requeued = []
+    for job_id in candidates:
+        if job_id in present:
+            continue
+        logger.warning(
+            "training job %s is queued but its task is not in the broker; sent again", job_id
+        )
+        result = train_model.delay(job_id)
+        TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.QUEUED).update(
+            celery_task_id=result.id or ""
+        )
+        requeued.append(job_id)
+    return requeued
 
 
 def training_job_finish(*, job: TrainingJob, status: str, error: str = "") -> None:

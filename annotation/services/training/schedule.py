@@ -34,7 +34,8 @@ def retrain_is_due() -> tuple[bool, str]:
 
 def retrain_if_due() -> TrainingJob | None:
     """Open a scheduled job when the rule says so; a job already open is not an error
-    here (the beat simply tries again next time)."""
+    here (the beat simply tries again next time), nor is a queue that does not answer
+    (the job is failed at once, so it blocks no later run: jobs.py)."""
     due, why = retrain_is_due()
     logger.info("scheduled retraining: %s", why)
     if not due:
@@ -42,5 +43,6 @@ def retrain_if_due() -> TrainingJob | None:
     try:
         return training_job_create(trigger=TrainingJob.Trigger.SCHEDULE, user=None)
     except ApplicationError as exc:
-        logger.info("scheduled retraining skipped: %s", exc.message)
+        level = logging.WARNING if exc.code == "queue_unavailable" else logging.INFO
+        logger.log(level, "scheduled retraining skipped: %s", exc.message)
         return None

@@ -101,6 +101,9 @@ def test_a_worker_killed_mid_batch_loses_nothing(
     )
     ids = summary.cell_ids
     log = tmp_path / "workers.log"
+    # This test is about the redelivery itself (acks_late: the broker hands the dead
+    # worker's task on), so it shortens the visibility timeout; with the shipped timeouts
+    # housekeeping re-queues the cells first (tests/faults/test_worker_killed.py).
     env = {"WBC_VISIBILITY_TIMEOUT": "3"}
     media = Path(settings.MEDIA_ROOT)
     first = start_worker(redis_url, media_root=media, log=log, extra_env=env)
