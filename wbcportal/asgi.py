@@ -14,6 +14,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wbcportal.settings")
 # unless WBC_DB_POOL says otherwise (Celery workers, which do not import this, keep
 # plain connections: a pool must not be inherited across their forks).
 os.environ.setdefault("WBC_DB_POOL", "true")
+# Without a broker (the embedded default) the web server runs Celery tasks in a background
+# thread rather than inside the request that sends them (wbcportal/embedded.py).
+os.environ.setdefault("WBC_TASKS_IN_BACKGROUND", "true")
 
 
 class OneHopASGIHandler(ASGIHandler):

@@ -1,5 +1,6 @@
-"""The review queue: take the next cell (a lease), submit a label, skip, release, flag,
-and the counts. The lease rules live in annotation/services/review_queue.py."""
+"""The review queue: take the next cell (a lease), submit a label, skip, release (one
+item, or all a screen holds), flag, and the counts. The lease rules live in
+annotation/services/review_queue.py."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.api.cells import CellSerializer, LabelSerializer, api_url
-from annotation.api.common import Diff14Field, request_user
-from annotation.api.gold import gold_item_disguise
+from annotation.api.common import Diff14Field, InputSerializer, no_input, request_user
 from annotation.api.permissions import EVERYONE, LABELLERS, Roles
 from annotation.models import CellImage, Label, Prediction, ReviewItem
 from annotation.selectors.review_queue import review_queue_counts
+from annotation.selectors.visibility import cell_blind, review_item_visibility
 from annotation.services.review_queue import (
     review_item_flag,
     review_item_next,
@@ -25,7 +26,9 @@ from annotation.services.review_queue import (
     review_item_skip,
     review_item_submit,
     review_items_next,
+    review_items_release,
 )
+from annotation.types import UserLike
 
 
 class ReviewItemSerializer(serializers.ModelSerializer[ReviewItem]):
@@ -148,7 +151,7 @@ def review_item_payload(item: ReviewItem, context: dict[str, Any]) -> dict[str, 
     }
 
 
-def _item_with_cell(item: ReviewItem) -> ReviewItem:
+def _item_with_cell(item: ReviewItem, user: UserLike) -> ReviewItem:
     item.cell = (
         CellImage.objects.select_related("case", "current_label__annotator")
         .prefetch_related(
@@ -161,7 +164,9 @@ def _item_with_cell(item: ReviewItem) -> ReviewItem:
         )
         .get(pk=item.cell_id)
     )
-    gold_item_disguise(item)
+    # What the holder may see: a gold item looks like an ordinary one, an independent
+    # read shows no label (annotation/selectors/visibility.py).
+    cell_blind(item.cell, review_item_visibility(user=user, item=item))
     item.cell.open_review_items = [item]  # type: ignore[attr-defined]
     item.cell.active_predictions = [  # type: ignore[attr-defined]
         p for p in item.cell.predictions.all() if p.model_version.status == "active"
@@ -177,7 +182,7 @@ class ReviewNextApi(APIView):
 
     permission_classes = [Roles(POST=LABELLERS)]
 
-    class NextInputSerializer(serializers.Serializer):
+    class NextInputSerializer(InputSerializer):
         count = serializers.IntegerField(min_value=1, max_value=10, required=False)
 
     class NextManyOutputSerializer(serializers.Serializer):
@@ -199,15 +204,16 @@ class ReviewNextApi(APIView):
         data.is_valid(raise_exception=True)
         count = data.validated_data.get("count")
         context = {"request": request}
+        user = request_user(request)
         if count is not None:
-            items = review_items_next(user=request_user(request), count=count)
+            items = review_items_next(user=user, count=count)
             return Response(
-                {"items": [review_item_payload(_item_with_cell(i), context) for i in items]}
+                {"items": [review_item_payload(_item_with_cell(i, user), context) for i in items]}
             )
-        item = review_item_next(user=request_user(request))
+        item = review_item_next(user=user)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(review_item_payload(_item_with_cell(item), context))
+        return Response(review_item_payload(_item_with_cell(item, user), context))
 
 
 class ReviewSubmitApi(APIView):
@@ -215,7 +221,7 @@ class ReviewSubmitApi(APIView):
 
     permission_classes = [Roles(POST=LABELLERS)]
 
-    class SubmitInputSerializer(serializers.Serializer):
+    class SubmitInputSerializer(InputSerializer):
         code = Diff14Field()
 
     @extend_schema(request=SubmitInputSerializer, responses={201: LabelSerializer})
@@ -233,6 +239,7 @@ class ReviewSkipApi(APIView):
 
     @extend_schema(request=None, responses={204: None})
     def post(self, request: Request, item_id: int) -> Response:
+        no_input(request)
         review_item_skip(item_id=item_id, user=request_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -242,14 +249,40 @@ class ReviewReleaseApi(APIView):
 
     @extend_schema(request=None, responses={204: None})
     def post(self, request: Request, item_id: int) -> Response:
+        no_input(request)
         review_item_release(item_id=item_id, user=request_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ReviewReleaseManyApi(APIView):
+    """Give back every lease a screen holds in one call (the labelling screen sends it when
+    it is left, and retries it). Items the caller no longer holds are ignored, so a retry
+    after a lost answer is harmless; ``released`` says which were given back."""
+
+    permission_classes = [Roles(POST=LABELLERS)]
+
+    class ReleaseManyInputSerializer(InputSerializer):
+        item_ids = serializers.ListField(
+            child=serializers.IntegerField(min_value=1), max_length=100, allow_empty=True
+        )
+
+    class ReleaseManyOutputSerializer(serializers.Serializer):
+        released = serializers.ListField(child=serializers.IntegerField())
+
+    @extend_schema(request=ReleaseManyInputSerializer, responses={200: ReleaseManyOutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = self.ReleaseManyInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        released = review_items_release(
+            item_ids=data.validated_data["item_ids"], user=request_user(request)
+        )
+        return Response({"released": released})
 
 
 class ReviewFlagApi(APIView):
     permission_classes = [Roles(POST=LABELLERS)]
 
-    class FlagInputSerializer(serializers.Serializer):
+    class FlagInputSerializer(InputSerializer):
         flagged = serializers.BooleanField(default=True)
 
     @extend_schema(request=FlagInputSerializer, responses={200: ReviewItemSerializer})
@@ -260,7 +293,9 @@ class ReviewFlagApi(APIView):
             item_id=item_id, user=request_user(request), flagged=data.validated_data["flagged"]
         )
         return Response(
-            ReviewItemSerializer(_item_with_cell(item), context={"request": request}).data
+            ReviewItemSerializer(
+                _item_with_cell(item, request_user(request)), context={"request": request}
+            ).data
         )
 
 

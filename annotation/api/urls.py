@@ -32,6 +32,7 @@ urlpatterns: list[Any] = [
     path("auth/token/revoke/", auth.TokenRevokeOwnApi.as_view(), name="auth-token-revoke"),
     path("auth/me/", auth.MeApi.as_view(), name="auth-me"),
     path("users/", auth.UserListCreateApi.as_view(), name="users"),
+    path("users/<int:user_id>/", auth.UserDetailApi.as_view(), name="user-detail"),
     path(
         "users/<int:user_id>/token/revoke/",
         auth.UserTokenRevokeApi.as_view(),
@@ -56,6 +57,7 @@ urlpatterns: list[Any] = [
     # review queue
     path("queue/next/", queue.ReviewNextApi.as_view(), name="queue-next"),
     path("queue/counts/", queue.ReviewCountsApi.as_view(), name="queue-counts"),
+    path("queue/release/", queue.ReviewReleaseManyApi.as_view(), name="queue-release-many"),
     path("queue/items/<int:item_id>/submit/", queue.ReviewSubmitApi.as_view(), name="queue-submit"),
     path("queue/items/<int:item_id>/skip/", queue.ReviewSkipApi.as_view(), name="queue-skip"),
     path(

@@ -259,6 +259,29 @@ def review_item_release(*, item_id: int, user: UserLike) -> None:
         queue_changed_on_commit()
 
 
+def review_items_release(*, item_ids: list[int], user: UserLike) -> list[int]:
+    """Give back, in one transaction, those of ``item_ids`` the user still holds; returns
+    the ids released. Leaving the labelling screen gives back every prefetched lease at
+    once: one write instead of one request per item, which on SQLite (the embedded
+    default, one writer at a time) raced each other into "database is locked". Ids the
+    user no longer holds (labelled meanwhile, expired, taken by someone else) are left
+    alone rather than refused, so a retried call is harmless."""
+    ids = sorted(set(item_ids))
+    if not ids:
+        return []
+    with transaction.atomic():
+        held = list(
+            ReviewItem.objects.select_for_update()
+            .filter(pk__in=ids, status=ReviewItem.Status.LEASED, leased_to_id=user.pk)
+            .order_by("pk")
+        )
+        for item in held:
+            _item_return(item)
+        if held:
+            queue_changed_on_commit()
+    return [item.pk for item in held]
+
+
 def review_item_flag(*, item_id: int, user: UserLike, flagged: bool = True) -> ReviewItem:
     """Mark the cell for discussion; the lease stays."""
     with transaction.atomic():

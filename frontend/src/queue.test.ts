@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ApiError } from "./api";
-import { LabelQueue, type QueueApi } from "./queue";
+import { LabelQueue, retryTransient, type QueueApi } from "./queue";
 import { fakeItem } from "./testing";
 import type { Label, ReviewItem } from "./types";
 
@@ -48,6 +48,21 @@ class FakeServer implements QueueApi {
 
   async release(itemId: number): Promise<void> {
     this.queued.unshift(this.take(itemId));
+  }
+
+  /** fail this many releaseMany calls with a 503 before answering */
+  busyReleases = 0;
+
+  async releaseMany(itemIds: number[]): Promise<unknown> {
+    this.calls.push(`releaseMany ${itemIds.join(",")}`);
+    if (this.busyReleases > 0) {
+      this.busyReleases -= 1;
+      throw new ApiError("The database is busy. Try again in a moment.", 503, "database_unavailable");
+    }
+    const released = this.leased.filter((i) => itemIds.includes(i.id));
+    this.leased = this.leased.filter((i) => !itemIds.includes(i.id));
+    this.queued.unshift(...released);
+    return { released: released.map((i) => i.id) };
   }
 
   async flag(itemId: number, flagged: boolean): Promise<unknown> {
@@ -205,5 +220,61 @@ describe("labelling queue with prefetch", () => {
     const { server, queue } = setup(10);
     await queue.start();
     expect(queue.heldItemIds()).toEqual(server.leased.map((i) => i.id));
+  });
+
+  it("gives back every lease in one call when the screen is left, once", async () => {
+    const { server, queue } = setup(10);
+    await queue.start();
+    queue.label("NE");
+    await queue.idle();
+    const held = queue.heldItemIds();
+    expect(held.length).toBe(3);
+    await queue.leave();
+    await queue.leave(); // pagehide and unmount both leave: one call
+    expect(server.calls.filter((c) => c.startsWith("releaseMany"))).toEqual([`releaseMany ${held.join(",")}`]);
+    expect(server.leased).toEqual([]);
+  });
+
+  it("retries the give-back while the server is busy, and reports when it gives up", async () => {
+    const { server, queue, errors } = setup(10);
+    await queue.start();
+    server.busyReleases = 2;
+    await queue.leave({ sleep: async () => undefined });
+    expect(server.calls.filter((c) => c.startsWith("releaseMany")).length).toBe(3);
+    expect(server.leased).toEqual([]);
+    expect(errors).toEqual([]);
+
+    const other = setup(10);
+    await other.queue.start();
+    other.server.busyReleases = 9;
+    await other.queue.leave({ attempts: 3, sleep: async () => undefined });
+    expect(other.server.calls.filter((c) => c.startsWith("releaseMany")).length).toBe(3);
+    expect(other.errors[0]).toMatch(/^giving back 3 cell\(s\) to the queue: The database is busy/);
+  });
+
+  it("gives back the cells a lease in flight brings after the screen was left", async () => {
+    const { server, queue } = setup(10);
+    await queue.start();
+    let open!: () => void;
+    server.gate = new Promise<void>((resolve) => (open = resolve));
+    queue.label("NE"); // the submit waits at the gate; the refill lease runs after it
+    const leaving = queue.leave();
+    open();
+    await leaving;
+    await queue.idle();
+    expect(server.leased).toEqual([]);
+    expect(server.calls.filter((c) => c.startsWith("lease")).length).toBe(1); // none after leaving
+  });
+
+  it("does not retry an answer that will not change (a refused call)", async () => {
+    let calls = 0;
+    const refused = new ApiError("Your role may not do this.", 403, "permission_denied");
+    await expect(
+      retryTransient(async () => {
+        calls += 1;
+        throw refused;
+      }, { sleep: async () => undefined }),
+    ).rejects.toBe(refused);
+    expect(calls).toBe(1);
   });
 });

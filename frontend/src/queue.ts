@@ -14,6 +14,8 @@ export interface QueueApi {
   submit(itemId: number, code: string): Promise<Label>;
   skip(itemId: number): Promise<void>;
   release(itemId: number): Promise<void>;
+  /** Give back several leases in one call; ids the caller no longer holds are ignored. */
+  releaseMany(itemIds: number[]): Promise<unknown>;
   flag(itemId: number, flagged: boolean): Promise<unknown>;
   relabel(cellId: number, code: string): Promise<Label>;
 }
@@ -58,6 +60,7 @@ export class LabelQueue {
   private refillQueued = false;
   private exhausted = false;
   private started = false;
+  private left = false;
   readonly depth: number;
 
   constructor(
@@ -202,6 +205,26 @@ export class LabelQueue {
     return [this.current, ...this.buffer].filter((i): i is ReviewItem => i !== null).map((i) => i.id);
   }
 
+  /** The screen is left: give back every lease it holds, in one call, retried while the
+   * server is busy (on SQLite one writer at a time). No lease is taken after this, and
+   * cells a lease request in flight brings back later are given back as they arrive,
+   * so nothing stays "being labelled" for the lease time. Runs once; resolves when the
+   * server has answered (or the retries are spent). */
+  leave(retry: RetryOptions = {}): Promise<void> {
+    if (this.left) return Promise.resolve();
+    this.left = true;
+    return this.giveBack(this.heldItemIds(), retry);
+  }
+
+  private async giveBack(ids: number[], retry: RetryOptions = {}): Promise<void> {
+    if (!ids.length) return;
+    try {
+      await retryTransient(() => this.api.releaseMany(ids), retry);
+    } catch (error) {
+      this.options.onError?.(error, `giving back ${ids.length} cell(s) to the queue`);
+    }
+  }
+
   // --- internals ---------------------------------------------------------------------
 
   private advance(): void {
@@ -210,11 +233,13 @@ export class LabelQueue {
   }
 
   private refill(): void {
-    if (this.refillQueued) return;
+    if (this.refillQueued || this.left) return;
     this.refillQueued = true;
     this.run("taking the next cells from the queue", async () => {
       this.refillQueued = false;
+      if (this.left) return;
       const items = await this.api.lease(this.depth + 1);
+      if (this.left) return this.giveBack(items.map((i) => i.id));
       this.merge(items);
     });
   }
@@ -246,5 +271,36 @@ export class LabelQueue {
 
   private changed(): void {
     this.options.onChange?.();
+  }
+}
+
+export interface RetryOptions {
+  /** attempts in all, the first included */
+  attempts?: number;
+  /** the wait before the first retry, doubled before each next one */
+  delayMs?: number;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/** An error worth trying again: the network, a timeout, throttling or a busy server. */
+export function isTransient(error: unknown): boolean {
+  if (error instanceof TypeError) return true; // fetch: the request did not get an answer
+  const status = (error as { status?: unknown })?.status;
+  return typeof status === "number" && (status === 0 || status === 408 || status === 429 || status >= 500);
+}
+
+/** `call`, tried again with a growing delay while it fails with a transient error. */
+export async function retryTransient<T>(call: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
+  const attempts = Math.max(1, options.attempts ?? 5);
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  let delay = options.delayMs ?? 250;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await call();
+    } catch (error) {
+      if (attempt >= attempts || !isTransient(error)) throw error;
+      await sleep(delay);
+      delay *= 2;
+    }
   }
 }

@@ -128,10 +128,10 @@ export function apiUrl<P extends ApiPath>(
   return filled + (search ? query(search) : "");
 }
 
-function call<P extends ApiPath, M extends HttpMethod>(method: M, path: P, options: Options<P, M> | undefined): Promise<ResponseOf<P, M>> {
+function call<P extends ApiPath, M extends HttpMethod>(method: M, path: P, options: Options<P, M> | undefined, init?: RequestInit): Promise<ResponseOf<P, M>> {
   const o = (options ?? {}) as { path?: Record<string, number | string>; query?: Record<string, string | number | boolean | undefined | null>; body?: unknown };
   const verb = method.toUpperCase() as "GET" | "POST" | "PATCH" | "DELETE";
-  return request<ResponseOf<P, M>>(verb, apiUrl(path, o.path, o.query), o.body);
+  return request<ResponseOf<P, M>>(verb, apiUrl(path, o.path, o.query), o.body, init);
 }
 
 type PathWithoutParams = { [P in ApiPath]: [ParamNames<P>] extends [never] ? P : never }[ApiPath];
@@ -143,6 +143,10 @@ export const api = {
   post: <P extends PathWith<"post">>(path: P, ...[options]: OptionsArg<P, "post">) => call("post", path, options),
   patch: <P extends PathWith<"patch">>(path: P, ...[options]: OptionsArg<P, "patch">) => call("patch", path, options),
   delete: <P extends PathWith<"delete">>(path: P, ...[options]: OptionsArg<P, "delete">) => call("delete", path, options),
+  /** A POST that outlives the page (`fetch` keepalive): for what a screen sends as it is
+   * left, e.g. giving back its leases. Unlike `navigator.sendBeacon` it carries the
+   * CSRF header and its answer can be read (and the call retried) when the page stays. */
+  postKeepalive: <P extends PathWith<"post">>(path: P, ...[options]: OptionsArg<P, "post">) => call("post", path, options, { keepalive: true }),
 
   /** Every page of a paginated list (the server's `next` links), `limit` items a request. */
   async getAll<P extends PagedPath>(path: P, ...[options]: OptionsArg<P, "get">): Promise<ItemOf<ResponseOf<P, "get">>[]> {

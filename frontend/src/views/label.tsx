@@ -2,7 +2,7 @@
 // why it was queued and the model's top 3 classes; the 14 classes as a palette; one key
 // labels and moves on. Works with the keyboard alone and with the mouse alone.
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
-import { api as client, apiUrl, csrfToken } from "../api";
+import { api as client } from "../api";
 import { CellViewer, ViewerTools, loadOverlay, useOverlayCanvas, zoomBy } from "../components/viewer";
 import type { Events } from "../events";
 import { buildKeyMap, useKeyActions, type KeyAction, type KeyMap } from "../keys";
@@ -17,6 +17,7 @@ const api: QueueApi = {
   submit: (id, code) => client.post("/api/queue/items/{item_id}/submit/", { path: { item_id: id }, body: { code: code as Diff14Code } }),
   skip: (id) => client.post("/api/queue/items/{item_id}/skip/", { path: { item_id: id } }),
   release: (id) => client.post("/api/queue/items/{item_id}/release/", { path: { item_id: id } }),
+  releaseMany: (ids) => client.postKeepalive("/api/queue/release/", { body: { item_ids: ids } }),
   flag: (id, flagged) => client.post("/api/queue/items/{item_id}/flag/", { path: { item_id: id }, body: { flagged } }),
   relabel: (cellId, code) => client.post("/api/cells/{cell_id}/labels/", { path: { cell_id: cellId }, body: { code: code as Diff14Code } }),
 };
@@ -108,21 +109,18 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
       offCounts();
       offState();
     };
-    const release = () => {
-      for (const id of queue.heldItemIds()) {
-        fetch(apiUrl("/api/queue/items/{item_id}/release/", { item_id: id }), {
-          method: "POST",
-          keepalive: true,
-          credentials: "same-origin",
-          headers: { "X-CSRFToken": csrfToken() },
-        }).catch(() => undefined);
-      }
-    };
+    // Leaving the screen (another screen, or the tab closed) gives back every lease it
+    // holds in one retried call, so no cell stays "being labelled" for the lease time.
+    const release = () => void queue.leave();
+    // Back from the browser's page cache: the leases were given back, take new ones.
+    const back = (e: PageTransitionEvent) => e.persisted && location.reload();
     window.addEventListener("pagehide", release);
+    window.addEventListener("pageshow", back);
     viewer.current?.focus();
     return () => {
       off();
       window.removeEventListener("pagehide", release);
+      window.removeEventListener("pageshow", back);
       release();
     };
   }, []);
