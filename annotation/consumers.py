@@ -1,14 +1,26 @@
 """Live updates for the browser: queue counts, training progress (and, for admins, the
-training log). Signed-in users only."""
+training log). Signed-in users only.
+
+Every group is shared by all its members, so an event cannot be cut per person the way a
+cell endpoint is (annotation/selectors/visibility.py): what services broadcast are counts
+and job states, nothing of a cell. Should an event ever carry a cell's label, reads,
+source class names or file name, a reader's connection drops it (and the server logs it)
+rather than give a gold or independent-read answer away.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from annotation.roles import ADMIN, user_roles
+from annotation.selectors.visibility import payload_carries_cell_answers, user_is_blinded
 from annotation.services.events import JOB_LOGS_GROUP, JOBS_GROUP, QUEUE_GROUP
+
+logger = logging.getLogger(__name__)
 
 
 class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
@@ -17,8 +29,9 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
+        is_admin, self.blinded = await self._roles(user)
         self.groups_joined = [QUEUE_GROUP, JOBS_GROUP]
-        if await self._is_admin(user):
+        if is_admin:
             self.groups_joined.append(JOB_LOGS_GROUP)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -30,14 +43,17 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def portal_event(self, message: dict[str, Any]) -> None:
+        if self.blinded and payload_carries_cell_answers(message["data"]):
+            logger.warning("event %s carries cell answers; not sent to a reader", message["event"])
+            return
         await self.send_json({"event": message["event"], "data": message["data"]})
 
     @staticmethod
-    async def _is_admin(user: Any) -> bool:
-        from channels.db import database_sync_to_async
+    async def _roles(user: Any) -> tuple[bool, bool]:
+        """(admin, blinded reader), read once per connection."""
 
         @database_sync_to_async
-        def check() -> bool:
-            return ADMIN in user_roles(user)
+        def read() -> tuple[bool, bool]:
+            return ADMIN in user_roles(user), user_is_blinded(user=user)
 
-        return await check()
+        return await read()  # type: ignore[no-any-return]

@@ -10,7 +10,9 @@ from rest_framework.views import APIView
 
 from annotation.api.common import (
     Choice,
+    InputSerializer,
     JSONObjectField,
+    no_input,
     paginated,
     paginated_response,
     request_user,
@@ -93,7 +95,7 @@ class CaseListCreateApi(APIView):
         created_to = serializers.DateField(required=False, help_text="YYYY-MM-DD, inclusive")
         search = serializers.CharField(required=False, help_text="part of the accession id")
 
-    class CaseCreateInputSerializer(serializers.Serializer):
+    class CaseCreateInputSerializer(InputSerializer):
         accession_id = serializers.CharField(max_length=128)
         patient_pseudonym = serializers.CharField(
             max_length=128, required=False, allow_blank=True, default=""
@@ -115,7 +117,9 @@ class CaseListCreateApi(APIView):
     def get(self, request: Request) -> Response:
         params = self.FilterSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        queryset = case_list(filters=CaseFilters(**params.validated_data))
+        queryset = case_list(
+            filters=CaseFilters(**params.validated_data), user=request_user(request)
+        )
         return paginated_response(
             request=request, view=self, queryset=queryset, serializer_class=CaseSerializer
         )
@@ -136,7 +140,8 @@ class CaseDetailApi(APIView):
     @extend_schema(responses=CaseDetailSerializer)
     def get(self, request: Request, case_id: int) -> Response:
         case = case_get(case_id=case_id)
-        return Response({**CaseSerializer(case).data, "differential": case_differential(case=case)})
+        differential = case_differential(case=case, user=request_user(request))
+        return Response({**CaseSerializer(case).data, "differential": differential})
 
 
 class CaseSignOffApi(APIView):
@@ -146,5 +151,6 @@ class CaseSignOffApi(APIView):
 
     @extend_schema(request=None, responses=CaseSerializer)
     def post(self, request: Request, case_id: int) -> Response:
+        no_input(request)
         case = case_signoff(case_id=case_id, user=request_user(request))
         return Response(CaseSerializer(case).data)

@@ -22,6 +22,7 @@ from annotation.api.common import (
     Choice,
     Diff14Field,
     ErrorSerializer,
+    InputSerializer,
     paginated,
     paginated_response,
     request_user,
@@ -149,6 +150,14 @@ class CellSerializer(serializers.ModelSerializer[CellImage]):
             "queue",
             "created_at",
         ]
+        # Blinding (annotation/selectors/visibility.py): what a reader may not see is
+        # emptied by the selector, so every field keeps its type for every role.
+        extra_kwargs = {
+            "original_filename": {
+                "help_text": "the file's name at import; empty except for admins and data "
+                "scientists (PBC-style names carry the class)"
+            },
+        }
 
     def get_image_url(self, cell: CellImage) -> str:
         return api_url(self.context, "api:cell-image", cell_id=cell.pk)
@@ -174,8 +183,12 @@ class CellSerializer(serializers.ModelSerializer[CellImage]):
 class CellDetailSerializer(CellSerializer):
     predictions = PredictionSerializer(many=True, help_text="one per model version")
     segmentations = SegmentationSerializer(many=True)
-    labels = LabelSerializer(many=True, help_text="label history, oldest first")
-    review_items = ReviewItemBriefSerializer(many=True)
+    labels = LabelSerializer(
+        many=True,
+        source="label_history",
+        help_text="label history, oldest first; empty while the reader is blinded on the cell",
+    )
+    review_items = ReviewItemBriefSerializer(many=True, source="review_history")
 
     class Meta(CellSerializer.Meta):
         fields = [
@@ -218,7 +231,7 @@ class CellListApi(APIView):
         return paginated_response(
             request=request,
             view=self,
-            queryset=cell_list(filters=CellFilters(**data)),
+            queryset=cell_list(filters=CellFilters(**data), user=request_user(request)),
             serializer_class=CellSerializer,
         )
 
@@ -228,7 +241,7 @@ class CellDetailApi(APIView):
 
     @extend_schema(responses=CellDetailSerializer)
     def get(self, request: Request, cell_id: int) -> Response:
-        cell = cell_get(cell_id=cell_id)
+        cell = cell_get(cell_id=cell_id, user=request_user(request))
         return Response(CellDetailSerializer(cell, context={"request": request}).data)
 
 
@@ -352,7 +365,7 @@ class CellUploadApi(APIView):
     permission_classes = [Roles(POST=ADMINS)]
     parser_classes = [MultiPartParser]
 
-    class UploadInputSerializer(serializers.Serializer):
+    class UploadInputSerializer(InputSerializer):
         files = serializers.ListField(
             child=serializers.FileField(allow_empty_file=True),
             allow_empty=True,

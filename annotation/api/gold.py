@@ -1,5 +1,6 @@
-"""Gold cells (admins): list, mark, retire, and how readers and models do on them. Also
-how a gold item is shown in the review queue: exactly like an ordinary one."""
+"""Gold cells (admins): list, mark, retire, and how readers and models do on them. How a
+gold item is shown to readers (exactly like an ordinary one) is the blinding policy,
+annotation/selectors/visibility.py."""
 
 from __future__ import annotations
 
@@ -10,21 +11,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation.api.common import Diff14Field, request_user
+from annotation.api.common import Diff14Field, InputSerializer, no_input, request_user
 from annotation.api.permissions import ADMINS, Roles
-from annotation.models import GoldCell, ReviewItem
+from annotation.models import GoldCell
 from annotation.selectors.gold import gold_cells_list, gold_performance
 from annotation.services.gold import gold_cell_mark, gold_cell_retire
-
-
-def gold_item_disguise(item: ReviewItem) -> None:
-    """Before a queue item's cell is serialised for its reader: a gold cell is shown as an
-    ordinary queued cell is, without the label or source class name that would give the
-    answer away (an ordinary queued cell has neither). In memory only; never saved."""
-    if item.is_gold:
-        item.cell.current_label = None
-        item.cell.source_class_name = ""
-        item.cell.has_label_conflict = False
 
 
 class GoldCellSerializer(serializers.ModelSerializer[GoldCell]):
@@ -65,7 +56,7 @@ class GoldListCreateApi(APIView):
 
     permission_classes = [Roles(GET=ADMINS, POST=ADMINS)]
 
-    class GoldMarkInputSerializer(serializers.Serializer):
+    class GoldMarkInputSerializer(InputSerializer):
         cell = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
         diff14 = Diff14Field(help_text="the expert's reference class")
         note = serializers.CharField(required=False, default="", allow_blank=True, max_length=2000)
@@ -100,6 +91,7 @@ class GoldRetireApi(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, cell_id: int) -> Response:
+        no_input(request)
         gold_cell_retire(user=request_user(request), cell_id=cell_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 

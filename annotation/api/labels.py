@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.api.cells import LabelSerializer
-from annotation.api.common import Diff14Field, request_user
+from annotation.api.common import Diff14Field, InputSerializer, request_user
 from annotation.api.permissions import EVERYONE, LABELLERS, Roles
 from annotation.selectors.cells import cell_label_history
 from annotation.services.labels import cell_label_create
@@ -20,12 +20,13 @@ class CellLabelsApi(APIView):
 
     permission_classes = [Roles(GET=EVERYONE, POST=LABELLERS)]
 
-    class LabelCreateInputSerializer(serializers.Serializer):
+    class LabelCreateInputSerializer(InputSerializer):
         code = Diff14Field(help_text="the 14-Diff class")
 
     @extend_schema(responses=LabelSerializer(many=True))
     def get(self, request: Request, cell_id: int) -> Response:
-        return Response(LabelSerializer(cell_label_history(cell_id=cell_id), many=True).data)
+        history = cell_label_history(cell_id=cell_id, user=request_user(request))
+        return Response(LabelSerializer(history, many=True).data)
 
     @extend_schema(request=LabelCreateInputSerializer, responses={201: LabelSerializer})
     def post(self, request: Request, cell_id: int) -> Response:

@@ -7,10 +7,17 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 
 from annotation.errors import get_or_404
 from annotation.models import Case, CellImage, Prediction, ReviewItem
+from annotation.selectors.visibility import (
+    label_hidden_annotation,
+    label_hidden_q,
+    sources_hidden_annotation,
+)
+from annotation.types import UserLike
 from mlworker.taxonomy import CLASSES
 
 # Not white cells of the 100-cell count: NRBC are reported per 100 WBC, artifacts not at all.
@@ -29,13 +36,28 @@ class CaseFilters:
     search: str | None = None
 
 
-def case_list(*, filters: CaseFilters | None = None) -> QuerySet[Case]:
-    """Cases, newest first, with their cell and labelled-cell counts (one query)."""
+def case_list(
+    *, filters: CaseFilters | None = None, user: UserLike | None = None
+) -> QuerySet[Case]:
+    """Cases, newest first, with their cell and labelled-cell counts (one query). A cell
+    whose label ``user`` may not see counts as unlabelled (annotation/selectors/visibility.py)."""
     f = filters or CaseFilters()
-    qs = Case.objects.annotate(
-        n_cells=Count("cells"),
-        n_labelled=Count("cells", filter=Q(cells__current_label__isnull=False)),
-    ).order_by("-created_at", "-id")
+    hidden = label_hidden_q(user=user)
+    if hidden is None:
+        n_labelled: Any = Count("cells", filter=Q(cells__current_label__isnull=False))
+    else:
+        visible_labelled = (
+            CellImage.objects.filter(case=OuterRef("pk"), current_label__isnull=False)
+            .exclude(hidden)
+            .order_by()
+            .values("case")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        n_labelled = Coalesce(Subquery(visible_labelled, output_field=IntegerField()), Value(0))
+    qs = Case.objects.annotate(n_cells=Count("cells"), n_labelled=n_labelled).order_by(
+        "-created_at", "-id"
+    )
     if f.status:
         qs = qs.filter(status=f.status)
     if f.diagnosis:
@@ -71,8 +93,9 @@ def _percent(n: int, of: int) -> float | None:
     return round(100.0 * n / of, 1) if of else None
 
 
-def case_differential(*, case: Case) -> dict[str, Any]:
-    """The case's differential count, in four queries whatever its size.
+def case_differential(*, case: Case, user: UserLike | None = None) -> dict[str, Any]:
+    """The case's differential count as ``user`` may see it, in four queries whatever its
+    size.
 
     Rules:
     - Each cell counts once, by its current label (a person's or an imported one); a cell
@@ -86,12 +109,23 @@ def case_differential(*, case: Case) -> dict[str, Any]:
     - Flags: blasts present; NRBC > 5 per 100 WBC; promyelocytes, myelocytes or
       metamyelocytes present (left shift); cells still to review (open queue items or
       cells the model alone has classified); imported labels in conflict.
+    - Blinding: a cell whose label ``user`` may not see (a gold cell, for a reader) counts
+      as an unlabelled one, by the model; one whose sources they may not see has no
+      conflict (annotation/selectors/visibility.py). ``user=None`` counts every label.
     """
-    cells = list(
-        CellImage.objects.filter(case=case).values_list(
-            "id", "current_label__code", "has_label_conflict"
+    label_hidden = label_hidden_annotation(user=user)
+    sources_hidden = sources_hidden_annotation(user=user)
+    rows = CellImage.objects.filter(case=case)
+    if label_hidden is not None and sources_hidden is not None:
+        rows = rows.annotate(label_hidden=label_hidden, sources_hidden=sources_hidden)
+    else:
+        rows = rows.annotate(label_hidden=Value(False), sources_hidden=Value(False))
+    cells = [
+        (cell_id, None if hide_label else code, conflict and not hide_sources)
+        for cell_id, code, conflict, hide_label, hide_sources in rows.values_list(
+            "id", "current_label__code", "has_label_conflict", "label_hidden", "sources_hidden"
         )
-    )
+    ]
     predicted: dict[int, str] = dict(
         Prediction.objects.filter(cell__case=case, model_version__status="active").values_list(
             "cell_id", "top_code"

@@ -9,6 +9,15 @@ from django.db.models.functions import Cast
 
 from annotation.errors import get_or_404
 from annotation.models import CellImage, Label, Prediction, ReviewItem, Segmentation
+from annotation.selectors.visibility import (
+    NOTHING,
+    BlindedCells,
+    cell_visibility_for,
+    cells_blind,
+    label_hidden_q,
+    sources_hidden_q,
+)
+from annotation.types import UserLike
 
 OPEN_ITEM_STATUSES = (ReviewItem.Status.QUEUED, ReviewItem.Status.LEASED)
 LABEL_STATUSES = ("labelled", "unlabelled", "conflict")
@@ -34,10 +43,13 @@ def _active_predictions() -> QuerySet[Prediction]:
     )
 
 
-def cell_list(*, filters: CellFilters | None = None) -> QuerySet[CellImage]:
-    """Cells in id order with their current label, the active model's prediction and the
-    open review item prefetched: a fixed number of queries per page."""
+def _cells(*, filters: CellFilters | None, user: UserLike | None) -> QuerySet[CellImage]:
+    """The filtered cells with their prefetches. Label filters see what ``user`` sees: a
+    cell whose label is hidden from them reads as unlabelled, so ``?label=NE`` cannot
+    find a gold cell whose answer the row hides (annotation/selectors/visibility.py)."""
     f = filters or CellFilters()
+    label_hidden = label_hidden_q(user=user)
+    sources_hidden = sources_hidden_q(user=user)
     qs = CellImage.objects.select_related("case", "current_label__annotator").prefetch_related(
         Prefetch("predictions", queryset=_active_predictions(), to_attr="active_predictions"),
         Prefetch(
@@ -52,12 +64,17 @@ def cell_list(*, filters: CellFilters | None = None) -> QuerySet[CellImage]:
         qs = qs.filter(current_label__code=f.label)
     if f.label_source:
         qs = qs.filter(current_label__source=f.label_source)
+    if label_hidden is not None and (f.label or f.label_source or f.label_status == "labelled"):
+        qs = qs.exclude(label_hidden)
     if f.label_status == "labelled":
         qs = qs.filter(current_label__isnull=False)
     elif f.label_status == "unlabelled":
-        qs = qs.filter(current_label__isnull=True)
+        unlabelled = Q(current_label__isnull=True)
+        qs = qs.filter(unlabelled if label_hidden is None else unlabelled | label_hidden)
     elif f.label_status == "conflict":
         qs = qs.filter(has_label_conflict=True)
+        if sources_hidden is not None:
+            qs = qs.exclude(sources_hidden)
     if f.predicted or f.confidence_min is not None or f.confidence_max is not None:
         preds = Prediction.objects.filter(cell=OuterRef("pk"), model_version__status="active")
         if f.predicted:
@@ -79,9 +96,16 @@ def cell_list(*, filters: CellFilters | None = None) -> QuerySet[CellImage]:
     return qs.order_by("id")
 
 
-def cell_get(*, cell_id: int) -> CellImage:
+def cell_list(*, filters: CellFilters | None = None, user: UserLike | None = None) -> BlindedCells:
+    """Cells in id order with their current label, the active model's prediction and the
+    open review item prefetched, as ``user`` may see them: a fixed number of queries per
+    page (one more for a reader, who is blinded on gold and independent-read cells)."""
+    return BlindedCells(_cells(filters=filters, user=user), user=user)
+
+
+def cell_get(*, cell_id: int, user: UserLike | None = None) -> CellImage:
     """One cell with its predictions (every model version), segmentations, labels and
-    review items, each fetched once."""
+    review items, each fetched once, as ``user`` may see it."""
     qs = CellImage.objects.select_related("case", "current_label__annotator").prefetch_related(
         Prefetch(
             "predictions",
@@ -90,10 +114,22 @@ def cell_get(*, cell_id: int) -> CellImage:
             .order_by("-model_version__created_at", "-id"),
         ),
         Prefetch("segmentations", queryset=Segmentation.objects.order_by("-created_at", "-id")),
-        Prefetch("labels", queryset=visible_labels().select_related("annotator").order_by("id")),
-        Prefetch("review_items", queryset=ReviewItem.objects.order_by("-created_at", "-id")),
+        Prefetch(
+            "labels",
+            queryset=visible_labels().select_related("annotator").order_by("id"),
+            to_attr="label_history",
+        ),
+        Prefetch(
+            "review_items",
+            queryset=ReviewItem.objects.order_by("-created_at", "-id"),
+            to_attr="review_history",
+        ),
     )
-    return get_or_404(qs, what="Cell", pk=cell_id)
+    cell = get_or_404(qs, what="Cell", pk=cell_id)
+    history: list[ReviewItem] = cell.review_history  # type: ignore[attr-defined]
+    open_items = [i for i in history if i.status in OPEN_ITEM_STATUSES]
+    cell.open_review_items = open_items  # type: ignore[attr-defined]
+    return cells_blind(cells=[cell], user=user)[0]
 
 
 def cell_image_file_get(*, cell_id: int) -> CellImage:
@@ -113,8 +149,11 @@ def visible_labels() -> QuerySet[Label]:
     )
 
 
-def cell_label_history(*, cell_id: int) -> QuerySet[Label]:
+def cell_label_history(*, cell_id: int, user: UserLike | None = None) -> QuerySet[Label]:
+    """The cell's visible labels, oldest first; none while ``user`` is blinded on it."""
     get_or_404(CellImage.objects.only("pk"), what="Cell", pk=cell_id)
+    if not cell_visibility_for(user=user, cell_ids=[cell_id]).get(cell_id, NOTHING).label:
+        return Label.objects.none()
     return visible_labels().filter(cell_id=cell_id).select_related("annotator").order_by("id")
 
 
@@ -123,8 +162,9 @@ def segmentation_get(*, segmentation_id: int) -> Segmentation:
 
 
 def cell_ids_matching(*, filters: CellFilters) -> QuerySet[CellImage]:
-    """The same filters without the prefetches, for counting and exporting."""
-    return cell_list(filters=filters).prefetch_related(None).select_related(None)
+    """The same filters without the prefetches, for counting and exporting (the system's
+    view: exports go to admins and data scientists, who see every cell)."""
+    return _cells(filters=filters, user=None).prefetch_related(None).select_related(None)
 
 
 __all__ = [

@@ -136,14 +136,15 @@ def test_promotion_is_guarded_unless_forced_and_rollback_returns(admin_api, vers
 
 
 def test_training_jobs_trigger_list_detail_cancel(admin_api, ds_api, db) -> None:
-    created = admin_api.post("/api/training-jobs/", {"params": {"epochs": 1}}, format="json")
+    params = {"args": ["--epochs-finetune", "1"]}
+    created = admin_api.post("/api/training-jobs/", {"params": params}, format="json")
     assert created.status_code == 201, created.content
     job = created.json()
     assert job["trigger"] == "api" and job["status"] == "queued"
     busy = admin_api.post("/api/training-jobs/", {}, format="json")
     assert busy.status_code == 409 and busy.json()["error"]["code"] == "training_busy"
     assert ds_api.get("/api/training-jobs/").json()["count"] == 1
-    assert ds_api.get(f"/api/training-jobs/{job['id']}/").json()["params"] == {"epochs": 1}
+    assert ds_api.get(f"/api/training-jobs/{job['id']}/").json()["params"] == params
     cancelled = admin_api.post(f"/api/training-jobs/{job['id']}/cancel/")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert TrainingJob.objects.get(pk=job["id"]).lock is None
@@ -214,9 +215,11 @@ def test_next_payload_equals_the_serializer_for_every_kind_of_item(
     render = JSONRenderer().render
     for item in items:
         context = {"request": request}
-        direct = review_item_payload(_item_with_cell(ReviewItem.objects.get(pk=item.pk)), context)
+        direct = review_item_payload(
+            _item_with_cell(ReviewItem.objects.get(pk=item.pk), heme), context
+        )
         expected = ReviewItemSerializer(
-            _item_with_cell(ReviewItem.objects.get(pk=item.pk)), context=context
+            _item_with_cell(ReviewItem.objects.get(pk=item.pk), heme), context=context
         ).data
         assert json.loads(render(direct)) == json.loads(render(expected)), item.pk
     assert len(items) == 4  # the three above and the smear's queued cell
