@@ -2,7 +2,7 @@
 
 Every error the portal answers with has the same body (:func:`error_body`)::
 
-    {"error": {"code": "unknown_class", "message": "...", "fields": {"code": "..."}}}
+    {"error": {"code": "invalid", "message": "...", "fields": {"code": "..."}}}
 
 Services raise :class:`ApplicationError`; the API's exception handler
 (annotation/api/errors.py) and the middleware for the other pages

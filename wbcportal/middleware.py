@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import server_error as django_server_error
 
@@ -72,3 +73,29 @@ def server_error(request: HttpRequest) -> HttpResponse:
         database_connections_reset()
         return database_unavailable_response(request)
     return django_server_error(request)
+
+
+class ContentSecurityPolicyMiddleware:
+    """Sends ``Content-Security-Policy`` (``settings.WBC_CSP``) with every response.
+
+    Django 5.2 has no built-in CSP (6.0 does). The portal's pages load only their own
+    script and stylesheet (no inline script: the boot data is a ``json_script`` data
+    block, which CSP does not run), images from the app and ``data:``/``blob:`` URLs, and
+    talk to the app over fetch and its websocket; so an injected ``<script>`` or a
+    foreign image beacon is refused by the browser even if markup ever slipped through.
+    tests/security/test_csp.py opens the pages in Chromium and asserts no violation.
+
+    The paths in ``settings.WBC_CSP_EXEMPT`` keep no policy: the API's Swagger page loads
+    its viewer from a CDN with inline code, and the Django admin's own pages are
+    Django's to secure (both are for signed-in staff only).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        policy = settings.WBC_CSP
+        if policy and not request.path.startswith(tuple(settings.WBC_CSP_EXEMPT)):
+            response.headers.setdefault("Content-Security-Policy", policy)
+        return response

@@ -66,6 +66,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every page (wbcportal/middleware.py, WBC_CSP below).
+    "wbcportal.middleware.ContentSecurityPolicyMiddleware",
     # Serves the UI's static files from the app itself, in the embedded default and in
     # production alike (compressed, cache-busted after collectstatic).
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -121,11 +123,23 @@ if DATABASE_URL:
         }
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
+    # SQLite has one writer at a time; the web server's request threads and the embedded
+    # task thread (wbcportal/embedded.py) all write. WAL lets readers go on while one
+    # writes. IMMEDIATE makes every transaction take the write lock when it begins, so a
+    # writer waits its turn (up to ``timeout`` seconds, SQLite's busy timeout) instead of
+    # failing: a DEFERRED transaction that has read and then wants to write while another
+    # holds the lock gets "database is locked" at once, busy timeout or not, since waiting
+    # there could deadlock. synchronous=NORMAL is durable across crashes of the process
+    # under WAL (a power cut can lose the last commits, never corrupt the file).
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(DATA_DIR / "wbcportal.sqlite3"),
-            "OPTIONS": {"timeout": 30},
+            "OPTIONS": {
+                "timeout": int(os.environ.get("WBC_SQLITE_TIMEOUT", 30)),
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+            },
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -215,6 +229,11 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # application must be restarted"): tests/faults/test_redis.py.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = TIME_ZONE
+# A cell still lacking its segmentation or prediction this long after it was imported,
+# while no such task waits in the queue and none has stored a result for this long, is
+# stranded (annotation/selectors/pipeline.py): housekeeping queues it again and /health/
+# says "degraded". Longer than one batch takes, so a live worker's batch is left alone.
+WBC_STRANDED_AFTER_SECONDS = int(os.environ.get("WBC_STRANDED_AFTER_SECONDS", 120))
 if REDIS_URL:
     # Shared by every web process: throttling, the queue-broadcast debounce.
     CACHES = {
@@ -227,8 +246,12 @@ if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
     CELERY_TASK_ALWAYS_EAGER = False
-    # An unacknowledged task (its worker died) is handed to another worker after this
-    # long; it must exceed the longest task, or a slow task would run twice.
+    # Redis hands an unacknowledged task to another worker after this long, whether or
+    # not its worker is still running it: it must exceed the longest task (training, 6 h),
+    # or a slow task would run twice. So it is only the last resort for a dead worker's
+    # task: housekeeping queues stranded cells again (WBC_STRANDED_AFTER_SECONDS) and the
+    # training watchdog fails a silent job (WBC_TRAINING_HEARTBEAT_TIMEOUT) long before;
+    # the late redelivery then finds its work done. docs/faults.md.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": int(
             os.environ.get("WBC_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT + 600)
@@ -243,12 +266,18 @@ if REDIS_URL:
         }
     }
 else:
-    # Embedded default: no broker, tasks run in the calling process.
+    # Embedded default: no broker, tasks run in the calling process. In the web server
+    # (wbcportal/asgi.py sets WBC_TASKS_IN_BACKGROUND) they run one at a time in a
+    # background thread, as a solo worker would, so a request that starts a training
+    # returns at once (wbcportal/embedded.py); commands such as load_demo run them inline.
     CELERY_BROKER_URL = "memory://"
     CELERY_RESULT_BACKEND = "cache+memory://"
     CELERY_TASK_ALWAYS_EAGER = True
     CELERY_TASK_EAGER_PROPAGATES = True
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Embedded default only (no REDIS_URL): run in-process tasks in one background thread.
+WBC_TASKS_IN_BACKGROUND = not REDIS_URL and env_bool("WBC_TASKS_IN_BACKGROUND", False)
 
 # --- import limits --------------------------------------------------------------------
 # A single-cell crop from the analyser is 360x363; anything much larger is a slide
@@ -257,6 +286,14 @@ WBC_MAX_CELL_SIDE = int(os.environ.get("WBC_MAX_CELL_SIDE", 1024))
 WBC_MIN_CELL_SIDE = int(os.environ.get("WBC_MIN_CELL_SIDE", 32))
 WBC_MAX_UPLOAD_BYTES = int(os.environ.get("WBC_MAX_UPLOAD_BYTES", 20 * 1024 * 1024))
 WBC_MAX_ZIP_BYTES = int(os.environ.get("WBC_MAX_ZIP_BYTES", 4 * 1024 * 1024 * 1024))
+# A zip member that unpacks to more than this many times its compressed size is refused
+# from the archive's directory, before a byte is extracted (a zip bomb); real JPEG/PNG
+# crops barely compress, a BMP or TIFF a few times.
+WBC_MAX_ZIP_RATIO = int(os.environ.get("WBC_MAX_ZIP_RATIO", 100))
+# Request bodies other than uploaded files (JSON, form fields): over this is a 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("WBC_MAX_BODY_BYTES", 2_621_440))
+# JSON bodies nested deeper than this are a 400 (annotation/api/parsers.py).
+WBC_API_MAX_JSON_DEPTH = int(os.environ.get("WBC_API_MAX_JSON_DEPTH", 32))
 
 # --- production hardening -------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -269,6 +306,15 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
 SECURE_REDIRECT_EXEMPT = [r"^health/$"]  # the load balancer's probe speaks plain HTTP
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# The portal's pages load only their own script and CSS; cell images and masks come from
+# the app (thumbnails may be data:/blob: URLs); fetch and the websocket go to the app.
+WBC_CSP = os.environ.get(
+    "WBC_CSP",
+    "default-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; "
+    "script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'",
+)
+WBC_CSP_EXEMPT = env_list("WBC_CSP_EXEMPT", ["/api/docs/", "/admin/"])
 
 LOGGING = {
     "version": 1,

@@ -20,8 +20,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["annotation.api.permissions.DenyUndeclared"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.FormParser",
+        # Bounded in size (413) and JSON depth (400): annotation/api/parsers.py
+        "annotation.api.parsers.BoundedJSONParser",
+        "annotation.api.parsers.BoundedFormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_THROTTLE_CLASSES": ["annotation.api.throttling.TokenClientThrottle"],

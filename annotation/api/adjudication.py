@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.api.cells import LabelSerializer
-from annotation.api.common import Diff14Field, request_user
+from annotation.api.common import Diff14Field, InputSerializer, request_user
 from annotation.api.permissions import ADJUDICATORS, ADMINS, Roles
 from annotation.models import ReviewItem
 from annotation.roles import DATA_SCIENTIST
@@ -58,7 +58,7 @@ class AdjudicationDecideApi(APIView):
 
     permission_classes = [Roles(POST=ADJUDICATORS)]
 
-    class DecideInputSerializer(serializers.Serializer):
+    class DecideInputSerializer(InputSerializer):
         code = Diff14Field()
 
     @extend_schema(request=DecideInputSerializer, responses={201: LabelSerializer})

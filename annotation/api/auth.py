@@ -14,13 +14,21 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
-from annotation.api.common import Choice, paginated, paginated_response, request_user
+from annotation.api.common import (
+    Choice,
+    ErrorSerializer,
+    InputSerializer,
+    no_input,
+    paginated,
+    paginated_response,
+    request_user,
+)
 from annotation.api.permissions import ADMINS, EVERYONE, PUBLIC, Roles
 from annotation.errors import broker_errors
 from annotation.roles import ROLES, roles_from_groups, user_roles
 from annotation.services.login_throttle import login_lockout_error, login_success_reset
 from annotation.services.tokens import token_revoke
-from annotation.services.users import user_create_with_role
+from annotation.services.users import user_create, user_role_update
 
 
 class LoginThrottle(AnonRateThrottle):
@@ -39,6 +47,10 @@ class LoginThrottle(AnonRateThrottle):
             return super().allow_request(request, view)
         except broker_errors():
             return True  # Redis is down: the password and the lockout still decide
+
+
+class TokenObtainInputSerializer(InputSerializer, AuthTokenSerializer):
+    """DRF's username and password check, strict about unknown keys like every body."""
 
 
 class TokenSerializer(serializers.Serializer):
@@ -77,9 +89,9 @@ class TokenObtainApi(APIView):
     throttle_classes = [LoginThrottle]
     authentication_classes: list[type] = []  # a login form needs no CSRF token
 
-    @extend_schema(request=AuthTokenSerializer, responses={200: TokenSerializer}, auth=[])
+    @extend_schema(request=TokenObtainInputSerializer, responses={200: TokenSerializer}, auth=[])
     def post(self, request: Request) -> Response:
-        data = AuthTokenSerializer(data=request.data, context={"request": request})
+        data = TokenObtainInputSerializer(data=request.data, context={"request": request})
         if not data.is_valid():
             if getattr(request, "axes_locked_out", False):
                 raise login_lockout_error(request)
@@ -100,6 +112,7 @@ class TokenRevokeOwnApi(APIView):
 
     @extend_schema(request=None, responses=TokenRevokedSerializer)
     def post(self, request: Request) -> Response:
+        no_input(request)
         user = request_user(request)
         revoked = token_revoke(user_id=user.pk, actor=user)
         return Response({"username": user.get_username(), "revoked": revoked})
@@ -112,6 +125,7 @@ class UserTokenRevokeApi(APIView):
 
     @extend_schema(request=None, responses=TokenRevokedSerializer)
     def post(self, request: Request, user_id: int) -> Response:
+        no_input(request)
         revoked = token_revoke(user_id=user_id, actor=request_user(request))
         username = get_user_model().objects.get(pk=user_id).get_username()
         return Response({"username": username, "revoked": revoked})
@@ -130,11 +144,12 @@ def _users() -> QuerySet[AbstractUser]:
 
 
 class UserListCreateApi(APIView):
-    """Admins list users and create one in a role (or move an existing user to it)."""
+    """Admins list users and create one in a role (409 if the username exists: a role
+    changes only through PATCH /api/users/{id}/)."""
 
     permission_classes = [Roles(GET=ADMINS, POST=ADMINS)]
 
-    class UserCreateInputSerializer(serializers.Serializer):
+    class UserCreateInputSerializer(InputSerializer):
         username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150)
         password = serializers.CharField(min_length=12, max_length=128, write_only=True)
         role = Choice(choices=ROLES)
@@ -145,9 +160,34 @@ class UserListCreateApi(APIView):
             request=request, view=self, queryset=_users(), serializer_class=UserSerializer
         )
 
-    @extend_schema(request=UserCreateInputSerializer, responses={201: UserSerializer})
+    @extend_schema(
+        request=UserCreateInputSerializer,
+        responses={201: UserSerializer, 409: ErrorSerializer},
+    )
     def post(self, request: Request) -> Response:
         data = self.UserCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = user_create_with_role(**data.validated_data)
+        user = user_create(actor=request_user(request), **data.validated_data)
         return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
+
+
+class UserDetailApi(APIView):
+    """Admins change a user's role, the one way a role changes through the API (409 for
+    the last admin's own admin role)."""
+
+    permission_classes = [Roles(PATCH=ADMINS)]
+
+    class UserUpdateInputSerializer(InputSerializer):
+        role = Choice(choices=ROLES)
+
+    @extend_schema(
+        request=UserUpdateInputSerializer,
+        responses={200: UserSerializer, 409: ErrorSerializer},
+    )
+    def patch(self, request: Request, user_id: int) -> Response:
+        data = self.UserUpdateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = user_role_update(
+            user_id=user_id, role=data.validated_data["role"], actor=request_user(request)
+        )
+        return Response(UserSerializer(_users().get(pk=user.pk)).data)

@@ -1,9 +1,10 @@
-"""Small pieces every API module uses: pagination, the 14-Diff field, file responses."""
+"""Small pieces every API module uses: the strict input base, pagination, the 14-Diff
+field, file responses."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from django.core.files.storage import default_storage
@@ -18,6 +19,40 @@ from annotation.errors import ApplicationError
 from annotation.models.core import DIFF14_CHOICES
 from annotation.types import UserLike
 from mlworker.taxonomy import CODES
+
+
+class InputSerializer(serializers.Serializer):
+    """The base of every write body (and of every object nested in one).
+
+    DRF drops keys a serializer does not declare, so a misspelt or made-up key
+    (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+    caller believes it took effect. Here an unknown key is a 400 that names it and the
+    keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+    holds at every level (their errors are named ``params.epochs_finetune``).
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            allowed = [name for name, field in self.fields.items() if not field.read_only]
+            unknown = [str(key) for key in data if key not in allowed]
+            if unknown:
+                hint = (
+                    f"not a field of this request; allowed: {', '.join(allowed)}."
+                    if allowed
+                    else "not a field of this request; it takes no fields."
+                )
+                raise serializers.ValidationError({key[:64]: [hint] for key in unknown[:20]})
+        return super().to_internal_value(data)
+
+
+class NoInputSerializer(InputSerializer):
+    """The body of an action that takes no input: empty, or a JSON object with no keys."""
+
+
+def no_input(request: Request) -> None:
+    """Refuse a body with keys on an action that reads none (400 naming them), instead
+    of doing the action and ignoring what the caller thought they asked for."""
+    NoInputSerializer(data=request.data or {}).is_valid(raise_exception=True)
 
 
 class Pagination(LimitOffsetPagination):

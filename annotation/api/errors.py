@@ -1,7 +1,7 @@
 """The API's exception handler: every error it returns in the one shape of
 annotation/errors.py (``error_body``)::
 
-    {"error": {"code": "unknown_class", "message": "...", "fields": {"code": "..."}}}
+    {"error": {"code": "invalid", "message": "...", "fields": {"code": "..."}}}
 
 ``code`` is stable and machine-readable, ``message`` is a sentence a person can act on
 (what was wrong and what is allowed), ``fields`` maps each offending input field to what
@@ -15,8 +15,10 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -103,6 +105,15 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
+    if isinstance(exc, RequestDataTooBig):
+        from annotation.api.parsers import body_limit, too_large_error
+
+        exc = too_large_error(body_limit())
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        exc = exceptions.ParseError(
+            f"{exc} Send fewer per request (WBC_UPLOAD_MAX_FILES files at most).",
+            code="too_many_parts",
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     if isinstance(exc, DjangoPermissionDenied):
@@ -178,8 +189,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
+# CSRF-exempt: it changes nothing, and a POST with a token to a misspelt URL must get this
+# 404, not the CSRF middleware's HTML 403 page (token clients send no CSRF cookie).
+@csrf_exempt
 def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    """404 for URLs under /api/ that match no route, in the API's error shape."""
+    """404 for URLs under /api/ that match no route, in the API's error shape, for every
+    method and every client (token, session or anonymous)."""
     return JsonResponse(
         error_body("not_found", f"No API endpoint at {request.path}; see /api/docs/."),
         status=status.HTTP_404_NOT_FOUND,

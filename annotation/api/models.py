@@ -14,7 +14,8 @@ from rest_framework.views import APIView
 
 from annotation.api.common import (
     Choice,
-    JSONObjectField,
+    InputSerializer,
+    no_input,
     paginated,
     paginated_response,
     request_user,
@@ -114,7 +115,7 @@ class ModelVersionPromoteApi(APIView):
 
     permission_classes = [Roles(POST=ADMINS)]
 
-    class PromoteInputSerializer(serializers.Serializer):
+    class PromoteInputSerializer(InputSerializer):
         force = serializers.BooleanField(default=False)
 
     @extend_schema(request=PromoteInputSerializer, responses=ModelVersionDetailSerializer)
@@ -134,6 +135,7 @@ class ModelVersionRollbackApi(APIView):
 
     @extend_schema(request=None, responses=ModelVersionDetailSerializer)
     def post(self, request: Request, version_id: int) -> Response:
+        no_input(request)
         version = model_version_rollback(version_id=version_id, user=request_user(request))
         return Response(ModelVersionDetailSerializer(version).data)
 
@@ -171,15 +173,40 @@ class TrainingJobDetailSerializer(TrainingJobSerializer):
         fields = [*TrainingJobSerializer.Meta.fields, "log_tail"]
 
 
+class TrainingParamsInputSerializer(InputSerializer):
+    """``params`` of a training job: what the job honours, nothing else."""
+
+    args = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        max_length=64,
+        required=False,
+        help_text=(
+            "training flags added after WBC_RETRAIN_ARGS, as the CLI takes them, e.g. "
+            '["--epochs-finetune", "3", "--epochs-weak", "1"] (mlworker/training.md)'
+        ),
+    )
+
+    def validate_args(self, value: list[str]) -> list[str]:
+        # The job parses these in a worker much later; a wrong flag must be refused
+        # now, with the parser's own reason, not fail the job an hour from now.
+        from mlworker.train import parse_train_config
+
+        try:
+            parse_train_config(list(value))
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return value
+
+
 class TrainingJobListCreateApi(APIView):
     """GET: training jobs, newest first. POST: start retraining now (admins; 409 while
     another job is queued or running)."""
 
     permission_classes = [Roles(GET=EVERYONE, POST=ADMINS)]
 
-    class TrainingJobCreateInputSerializer(serializers.Serializer):
-        params = JSONObjectField(
-            required=False, default=dict, help_text="overrides of the training flags"
+    class TrainingJobCreateInputSerializer(InputSerializer):
+        params = TrainingParamsInputSerializer(
+            required=False, help_text="what this job does differently from the defaults"
         )
 
     @extend_schema(operation_id="training_jobs_list", responses=paginated(TrainingJobSerializer))
@@ -200,7 +227,7 @@ class TrainingJobListCreateApi(APIView):
         job = training_job_create(
             trigger=TrainingJob.Trigger.API,
             user=request_user(request),
-            params=data.validated_data["params"],
+            params=dict(data.validated_data.get("params") or {}),
         )
         return Response(TrainingJobDetailSerializer(job).data, status=status.HTTP_201_CREATED)
 
@@ -219,6 +246,7 @@ class TrainingJobCancelApi(APIView):
 
     @extend_schema(request=None, responses=TrainingJobDetailSerializer)
     def post(self, request: Request, job_id: int) -> Response:
+        no_input(request)
         job = training_job_cancel(job_id=job_id, user=request_user(request))
         return Response(TrainingJobDetailSerializer(job).data)
 
@@ -249,7 +277,7 @@ class RoutingConfigApi(APIView):
 
     permission_classes = [Roles(GET=EVERYONE, PATCH=ADMINS)]
 
-    class RoutingConfigUpdateSerializer(serializers.Serializer):
+    class RoutingConfigUpdateSerializer(InputSerializer):
         confidence_threshold = serializers.FloatField(required=False)
         weak_class_tpr = serializers.FloatField(required=False)
         audit_rate = serializers.FloatField(required=False)

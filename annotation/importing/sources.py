@@ -7,18 +7,21 @@ Layouts (detected in this order):
    patient folders gives the diagnosis;
 3. a class-per-folder tree: each sub-folder name is a class name; files at the top level
    are unlabelled.
-A zip of any of these is unpacked (after its names are checked) and read the same way.
+A zip of any of these is unpacked (after its names and declared sizes are checked, each
+member copied in bounded chunks) and read the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import re
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -211,38 +214,149 @@ def _check_zip_member(info: zipfile.ZipInfo) -> None:
         )
 
 
-@contextlib.contextmanager
-def unpacked_zip(path: Path, *, max_total_bytes: int) -> Iterator[Path]:
-    """Check every entry's name and size first, then unpack into a temporary folder."""
+# Members smaller than this are never refused for their compression ratio: a tiny text
+# file (manifest.csv) or a flat BMP compresses very well and is harmless at that size.
+_RATIO_FREE_BYTES = 1024 * 1024
+_COPY_CHUNK = 1024 * 1024
+# What a damaged archive raises while a member is read: a wrong CRC, truncated deflate
+# data, an encrypted member (RuntimeError), a compression zipfile cannot read.
+_BROKEN_MEMBER = (zipfile.BadZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError)
+
+
+@dataclass
+class UnpackedZip:
+    root: Path
+    # Members not extracted, with the reason (over the per-file limit), for the summary.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ApplicationError(
             f"{path.name} is not a readable zip file ({exc}).", code="bad_zip"
         ) from None
+
+
+def _check_sizes(
+    path: Path, members: list[zipfile.ZipInfo], *, max_total_bytes: int, max_ratio: int
+) -> None:
+    """Sizes as the archive's central directory declares them, before anything is read:
+    a zip bomb is refused here, in microseconds, whatever it would unpack to."""
+    total = sum(info.file_size for info in members)
+    if total > max_total_bytes:
+        raise ApplicationError(
+            f"{path.name} unpacks to {total} bytes, over the limit of {max_total_bytes}; "
+            "split it into smaller archives.",
+            code="zip_too_large",
+        )
+    for info in members:
+        if info.file_size <= _RATIO_FREE_BYTES:
+            continue
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > max_ratio:
+            raise ApplicationError(
+                f"The zip entry {info.filename!r} would unpack {ratio:.0f} times its "
+                f"compressed size ({info.file_size} bytes), over the limit of {max_ratio}: "
+                "cell images do not compress like that (a zip bomb?); nothing was imported.",
+                code="zip_bomb",
+            )
+
+
+def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """Copy one member in chunks, never more than its declared size: a member whose data
+    runs past what the directory says is refused (zipfile also stops at the declared
+    size, and checks the CRC at the end)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    try:
+        with archive.open(info) as member, target.open("wb") as out:
+            while chunk := member.read(_COPY_CHUNK):
+                written += len(chunk)
+                if written > info.file_size:
+                    raise zipfile.BadZipFile(
+                        f"{info.filename!r} holds more data than its declared "
+                        f"{info.file_size} bytes"
+                    )
+                out.write(chunk)
+    except _BROKEN_MEMBER as exc:
+        raise ApplicationError(
+            f"The zip is damaged: reading {info.filename!r} failed ({exc}); nothing was "
+            "imported. Re-create the archive (or check that the upload completed).",
+            code="bad_zip",
+        ) from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ApplicationError(
+                f"The server's temporary disk is full ({exc.strerror}); nothing was "
+                "imported. Tell an admin, and try again later.",
+                code="storage_full",
+                status=507,
+            ) from exc
+        # E.g. a file and a folder of the same name: the archive cannot be unpacked.
+        raise ApplicationError(
+            f"The zip entry {info.filename!r} cannot be unpacked ({exc.strerror or exc}); "
+            "nothing was imported.",
+            code="bad_zip",
+        ) from None
+
+
+def _extract(
+    archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], tmp: Path, *, max_member_bytes: int
+) -> list[tuple[str, str]]:
+    skipped: list[tuple[str, str]] = []
+    for info in members:
+        # Names are checked already: no '..', no absolute path, so this stays in tmp.
+        target = tmp.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif info.file_size > max_member_bytes:
+            skipped.append(
+                (
+                    info.filename,
+                    f"file is {info.file_size} bytes, over the per-image limit of "
+                    f"{max_member_bytes}",
+                )
+            )
+        else:
+            _extract_member(archive, info, target)
+    return skipped
+
+
+@contextlib.contextmanager
+def unpacked_zip(
+    path: Path, *, max_total_bytes: int, max_member_bytes: int, max_ratio: int
+) -> Iterator[UnpackedZip]:
+    """Check every entry's name and declared size first, then unpack into a temporary
+    folder, member by member, each read bounded. A member over ``max_member_bytes`` is
+    not extracted and comes back in ``skipped``; a damaged archive (a wrong CRC,
+    truncated data), one with nothing in it, or one whose sizes break the limits is
+    refused whole with the reason."""
+    archive = _open_zip(path)
     with archive:
         members = archive.infolist()
         for info in members:
             _check_zip_member(info)
-        total = sum(info.file_size for info in members)
-        if total > max_total_bytes:
+        if not any(not info.is_dir() for info in members):
             raise ApplicationError(
-                f"{path.name} unpacks to {total} bytes, over the limit of {max_total_bytes}; "
-                "split it into smaller archives.",
-                code="zip_too_large",
+                f"{path.name} holds no files; nothing was imported. Zip the folder of "
+                "cell images itself.",
+                code="empty_zip",
             )
+        _check_sizes(path, members, max_total_bytes=max_total_bytes, max_ratio=max_ratio)
         tmp = Path(tempfile.mkdtemp(prefix="wbc-import-"))
         try:
-            archive.extractall(tmp)
+            skipped = _extract(archive, members, tmp, max_member_bytes=max_member_bytes)
             entries = [p for p in tmp.iterdir() if not p.name.startswith("__MACOSX")]
             # A zip of one folder reads as that folder (its name becomes the case name).
             if len(entries) == 1 and entries[0].is_dir():
-                yield entries[0]
+                yield UnpackedZip(entries[0], skipped)
             else:
                 renamed = tmp / path.stem
                 renamed.mkdir()
                 for entry in entries:
                     entry.rename(renamed / entry.name)
-                yield renamed
+                yield UnpackedZip(renamed, skipped)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

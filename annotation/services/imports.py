@@ -116,11 +116,26 @@ class _Group:
         return next((c for c in self.copies if c.class_name), self.copies[0])
 
 
-def _inspect(source: SourceFile) -> InspectedImage | str:
+def _read_bounded(path: Path, max_bytes: int) -> bytes | str:
+    """The file's bytes, or why not: a file over the per-image limit is refused from its
+    size on disk, and read no further than one byte past the limit even if it grows (or
+    lies about its size, like a device file), so no file is ever held whole beyond it."""
     try:
-        data = source.path.read_bytes()
+        if path.stat().st_size > max_bytes:
+            return f"file is {path.stat().st_size} bytes, over the per-image limit of {max_bytes}"
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
+    if len(data) > max_bytes:
+        return f"file is over the per-image limit of {max_bytes} bytes"
+    return data
+
+
+def _inspect(source: SourceFile) -> InspectedImage | str:
+    data = _read_bounded(source.path, settings.WBC_MAX_UPLOAD_BYTES)
+    if isinstance(data, str):
+        return data
     try:
         return inspect_image_bytes(
             data,
@@ -398,8 +413,14 @@ def cells_import(
     batch = ImportBatch.objects.create(source=str(source)[:1024], created_by=user)
     try:
         if source.is_file() and source.suffix.lower() == ".zip":
-            with unpacked_zip(source, max_total_bytes=settings.WBC_MAX_ZIP_BYTES) as root:
-                listing = list_folder(root, case_name=case_name)
+            with unpacked_zip(
+                source,
+                max_total_bytes=settings.WBC_MAX_ZIP_BYTES,
+                max_member_bytes=settings.WBC_MAX_UPLOAD_BYTES,
+                max_ratio=settings.WBC_MAX_ZIP_RATIO,
+            ) as unpacked:
+                listing = list_folder(unpacked.root, case_name=case_name)
+                listing.missing.extend(unpacked.skipped)
                 summary = _import_listing(listing, batch=batch, progress=progress, workers=workers)
         elif source.is_dir():
             listing = list_folder(source, case_name=case_name)

@@ -148,6 +148,15 @@ def _upload_result(summary: ImportSummary, too_large: Sequence[tuple[str, str]])
     ]
     result["skipped"] = len(result["skipped_files"])
     result["cell_ids"] = summary.cell_ids
+    if summary.new_cells == 0 and summary.duplicates == 0 and not result["skipped"]:
+        # E.g. a zip of empty folders or of nothing but system files: a 201 "imported 0"
+        # would read as success to a script.
+        raise ApplicationError(
+            "The upload held no image files, so nothing was imported: send JPEG, PNG, BMP "
+            "or TIFF cell images, or a zip of them.",
+            code="no_images",
+            fields={"files": "no image files"},
+        )
     if summary.new_cells == 0 and summary.duplicates == 0 and result["skipped"]:
         reasons = {item["file"]: item["reason"] for item in result["skipped_files"]}
         raise ApplicationError(

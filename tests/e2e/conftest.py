@@ -94,9 +94,14 @@ def new_page(browser: Any, live_server_url: str) -> Iterator[Any]:
     responses are collected on ``page.console_errors``."""
     contexts = []
 
-    def make() -> Any:
+    def make(*, enforce_csp: bool = False) -> Any:
+        # Playwright's string predicates (wait_for_function) are evaluated like eval(),
+        # which the portal's Content-Security-Policy forbids; tests/e2e/test_csp.py opens
+        # its pages with the policy enforced and checks that no screen violates it.
         context = browser.new_context(
-            base_url=live_server_url, viewport={"width": 1440, "height": 1000}
+            base_url=live_server_url,
+            viewport={"width": 1440, "height": 1000},
+            bypass_csp=not enforce_csp,
         )
         contexts.append(context)
         page = context.new_page()

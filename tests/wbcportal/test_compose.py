@@ -43,3 +43,17 @@ def test_compose_file_validates_and_has_every_service() -> None:
         assert env["REDIS_URL"].startswith("redis://")
         assert env["WBC_ENV"] == "production"
     assert {"pgdata", "media"} <= set(config["volumes"])
+
+
+def test_only_the_tls_proxy_is_published() -> None:
+    """WBC_ENV=production redirects plain HTTP to HTTPS, so the web server must sit behind
+    the TLS proxy that compose ships, and publish no plain-HTTP port of its own."""
+    services = compose_config()["services"]
+    assert not services["web"].get("ports")
+    assert "--proxy-headers" in services["web"]["command"]
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("caddy:")
+    assert "--to web:8000" in proxy["command"] and "https://" in proxy["command"]
+    assert {p["target"] for p in proxy["ports"]} == {443, 80}
+    published = [name for name, s in services.items() if s.get("ports")]
+    assert published == ["proxy"]

@@ -1,7 +1,10 @@
 """The CSV format (``cells.csv``, no images) and the one CSV writer of every export.
 
 Both ``cells.csv`` and the imagefolder's ``manifest.csv`` go through ``CsvTable.add``,
-so a rule for cell values (for example escaping spreadsheet formulas) has one home.
+so the rule for cell values has one home: text a spreadsheet would run as a formula
+(``=HYPERLINK(...)`` in a file name or a diagnosis) is written with a leading ``'``
+(OWASP's CSV-injection advice), so Excel and LibreOffice show it as text. Only text is
+escaped: numbers (a negative confidence, say) stay numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +22,15 @@ from annotation.services.exports.formats.base import FormatWriter, zip_entry
 from annotation.services.exports.provenance import PROVENANCE_COLUMNS
 
 CSV_COLUMNS = ["diff14", *PROVENANCE_COLUMNS]
+# What a spreadsheet reads as the start of a formula (OWASP "CSV Injection").
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """``value``, with a leading ``'`` when it is text a spreadsheet would run."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
 
 
 class CsvTable:
@@ -31,7 +43,7 @@ class CsvTable:
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Write one row: the one place an exported value becomes CSV text."""
-        self._writer.writerow(row)
+        self._writer.writerow({key: csv_safe(value) for key, value in row.items()})
 
     def text(self) -> str:
         return self._buffer.getvalue()
