@@ -7,6 +7,10 @@ from both, means a selector never imports a service to reuse one, and the rules 
 tested on plain objects. Nothing here queries: callers pass rows they have already read,
 and only their plain attributes (metrics, TPRs, confidence, codes) are used.
 
+The promotion guard reads the paired figures a training job records (mlworker/paired.py:
+both versions scored on the same evaluation cells) and blocks only on drops that are
+unlikely to be noise; see ``guard_comparison`` and mlworker/training.md.
+
 See annotation/review_queue.md for how the reasons feed the queue.
 """
 
@@ -16,6 +20,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from mlworker.paired import mcnemar_p
 from mlworker.taxonomy import CODES
 
 if TYPE_CHECKING:
@@ -23,9 +28,19 @@ if TYPE_CHECKING:
 
 # --- the promotion guard -----------------------------------------------------------------
 
-# A candidate is promoted automatically only if balanced accuracy does not drop and no
-# class's TPR drops by more than this.
+# Without paired figures (versions from before they were recorded): a candidate is promoted
+# automatically only if balanced accuracy does not drop and no class's TPR drops by more
+# than this. With paired figures a drop must also be larger than this to block: a
+# significant but tiny drop on a large class is not worth holding a better model back.
 MAX_CLASS_TPR_DROP = 0.05
+# A drop on paired figures blocks only when the one-sided exact McNemar test on the
+# discordant cells says it is this unlikely to be noise.
+PAIRED_P_THRESHOLD = 0.05
+# Fewer evaluation cells of a class than this and the guard does not judge the class.
+# The exact test cannot reach p < 0.05 with fewer than 5 discordant cells (0.5**5 = 0.031),
+# so below 5 cells nothing could ever block; at 10 a block needs at least half the class to
+# flip one way, and a TPR is resolved to 10 points rather than 50 (the demo's "2/2 -> 0/2").
+MIN_CLASS_N_TO_JUDGE = 10
 
 
 def per_class_tpr(metrics: dict[str, Any]) -> dict[str, float | None]:
@@ -33,14 +48,137 @@ def per_class_tpr(metrics: dict[str, Any]) -> dict[str, float | None]:
     return {code: row.get("tpr") for code, row in (metrics.get("per_class") or {}).items()}
 
 
+def paired_figures(candidate: ModelVersion, active: ModelVersion) -> dict[str, Any] | None:
+    """The candidate's paired table against ``active`` (mlworker.paired.paired_table, as
+    the training job recorded it), or None: recorded before paired figures existed, or
+    against another version than ``active`` (one promoted or rolled back to meanwhile)."""
+    paired = (candidate.metrics or {}).get("paired_on_evaluation_set")
+    if not paired or paired.get("active_version_id") != getattr(active, "pk", None):
+        return None
+    return paired  # type: ignore[no-any-return]
+
+
+def format_p(p: float) -> str:
+    """A p-value as a person reads it: two decimals, more only when it is small."""
+    if p < 0.001:
+        return "< 0.001"
+    return f"= {p:.3f}" if p < 0.01 else f"= {p:.2f}"
+
+
+def _cannot_judge(unjudged: list[dict[str, Any]]) -> str:
+    if not unjudged:
+        return ""
+    return "cannot judge: " + ", ".join(f"{u['code']} (n={u['n']})" for u in unjudged)
+
+
 def guard_comparison(candidate: ModelVersion, active: ModelVersion | None) -> dict[str, Any]:
-    """The promotion guard on the shared evaluation set: candidate vs active."""
+    """The promotion guard on the shared evaluation set: candidate vs active.
+
+    ``passes`` is true when ``reasons`` (what blocks) is empty. With paired figures (both
+    versions scored on the same evaluation cells, recorded by the training job) a drop
+    blocks only when it is unlikely to be noise:
+
+    - a class blocks when its TPR drops by more than ``MAX_CLASS_TPR_DROP``, it has at
+      least ``MIN_CLASS_N_TO_JUDGE`` evaluation cells, and the one-sided exact McNemar test
+      on its discordant cells gives p < ``PAIRED_P_THRESHOLD`` ("PR TPR 14/20 -> 9/20,
+      p = 0.03"). Classes with fewer cells are listed in ``unjudged`` and never block.
+    - balanced accuracy keeps its rule "must not drop", with the same paired test over all
+      evaluation cells: a drop blocks only when the candidate is also significantly worse
+      on the cells as a whole. Balanced accuracy is a mean of per-class TPRs and has no
+      exact paired test of its own; a class that drives its drop is judged by the per-class
+      rule, so the overall test only has to stop a candidate that is worse across the board.
+
+    Without paired figures (versions from before, or figures against another active
+    version) the old rule applies unchanged (``basis: "tpr"``): balanced accuracy must not
+    drop, no class TPR may drop by more than ``MAX_CLASS_TPR_DROP``.
+    """
     if active is None:
-        return {"passes": True, "reasons": ["no active version"]}
+        return {
+            "passes": True,
+            "reasons": ["no active version"],
+            "basis": "none",
+            "per_class": [],
+            "unjudged": [],
+            "cannot_judge": "",
+        }
     cand = candidate.metrics.get("evaluation_set") or candidate.metrics
     act = (candidate.metrics.get("active_on_evaluation_set") or active.metrics) or {}
-    reasons = []
     cb, ab = cand.get("balanced_accuracy"), act.get("balanced_accuracy")
+    paired = paired_figures(candidate, active)
+    if paired is None:
+        return _guard_on_tprs(cand, act, cb, ab)
+    reasons = []
+    balanced: dict[str, Any] = {"candidate": cb, "active": ab}
+    overall = _paired_row("all cells", paired)
+    balanced["paired"] = overall
+    if cb is None or ab is None:
+        reasons.append("balanced accuracy missing for one of the versions")
+    elif cb < ab and overall["judged"] and overall["p"] < PAIRED_P_THRESHOLD:
+        reasons.append(
+            f"balanced accuracy drops from {ab:.3f} to {cb:.3f} (all cells "
+            f"{overall['active_hits']}/{overall['n']} -> {overall['candidate_hits']}/"
+            f"{overall['n']}, p {format_p(overall['p'])})"
+        )
+    rows: list[dict[str, Any]] = []
+    unjudged: list[dict[str, Any]] = []
+    drops: dict[str, dict[str, float | None]] = {}
+    for code, counts in (paired.get("per_class") or {}).items():
+        row = _paired_row(code, counts)
+        rows.append(row)
+        if not row["judged"]:
+            unjudged.append({"code": code, "n": row["n"]})
+        elif row["blocks"]:
+            n = row["n"]
+            drops[code] = {"active": row["active_tpr"], "candidate": row["candidate_tpr"]}
+            reasons.append(
+                f"{code} TPR {row['active_hits']}/{n} -> {row['candidate_hits']}/{n}, "
+                f"p {format_p(row['p'])}"
+            )
+    return {
+        "passes": not reasons,
+        "reasons": reasons,
+        "basis": "paired",
+        "balanced_accuracy": balanced,
+        "class_drops": drops,
+        "per_class": rows,
+        "unjudged": unjudged,
+        "cannot_judge": _cannot_judge(unjudged),
+        "min_n": MIN_CLASS_N_TO_JUDGE,
+    }
+
+
+def _paired_row(code: str, counts: dict[str, Any]) -> dict[str, Any]:
+    """One row of the paired table with its TPRs, test and verdict."""
+    n = int(counts.get("n") or 0)
+    active_hits, candidate_hits = int(counts["active_hits"]), int(counts["candidate_hits"])
+    judged = n >= MIN_CLASS_N_TO_JUDGE
+    p = mcnemar_p(int(counts["active_only"]), int(counts["candidate_only"])) if judged else None
+    active_tpr = active_hits / n if n else None
+    candidate_tpr = candidate_hits / n if n else None
+    drop = (active_hits - candidate_hits) / n if n else 0.0
+    return {
+        "code": code,
+        "n": n,
+        "active_hits": active_hits,
+        "candidate_hits": candidate_hits,
+        "active_only": int(counts["active_only"]),
+        "candidate_only": int(counts["candidate_only"]),
+        "active_tpr": active_tpr,
+        "candidate_tpr": candidate_tpr,
+        "judged": judged,
+        "p": p,
+        "blocks": bool(
+            judged and p is not None and drop > MAX_CLASS_TPR_DROP and p < PAIRED_P_THRESHOLD
+        ),
+    }
+
+
+def _guard_on_tprs(
+    cand: dict[str, Any], act: dict[str, Any], cb: float | None, ab: float | None
+) -> dict[str, Any]:
+    """The rule for versions without paired figures: any drop beyond the margin blocks,
+    however few cells stand behind it."""
+    reasons = []
     if cb is None or ab is None:
         reasons.append("balanced accuracy missing for one of the versions")
     elif cb < ab:
@@ -55,8 +193,12 @@ def guard_comparison(candidate: ModelVersion, active: ModelVersion | None) -> di
     return {
         "passes": not reasons,
         "reasons": reasons,
+        "basis": "tpr",
         "balanced_accuracy": {"candidate": cb, "active": ab},
         "class_drops": drops,
+        "per_class": [],
+        "unjudged": [],
+        "cannot_judge": "",
     }
 
 

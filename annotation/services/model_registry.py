@@ -150,9 +150,13 @@ def model_version_promote(
         active = ModelVersion.objects.active()
         guard = guard_comparison(version, active)
         if not guard["passes"] and not force:
+            # The classes too small to judge are said too: the admin deciding on force
+            # should know the guard is silent about them, not that they are fine.
+            unjudged = f" ({guard['cannot_judge']})" if guard.get("cannot_judge") else ""
             raise ApplicationError(
                 f"{version.name} was not promoted: "
                 + "; ".join(guard["reasons"])
+                + unjudged
                 + ". An admin may promote it anyway with force.",
                 code="regression",
                 status=409,

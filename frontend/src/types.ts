@@ -141,8 +141,21 @@ export type ModelVersionDetail = ModelVersion &
   >;
 
 /** `GET /api/model-versions/compare/`: the schema types the answer as a dict. */
+/** One class in the paired guard: both versions on the same evaluation cells. */
+export type GuardClassRow = { code: string; n: number; judged: boolean; blocks: boolean; p: number | null };
+
 export type ModelVersionComparison = {
-  guard_b_over_a: { passes: boolean; reasons: string[] };
+  guard_b_over_a: {
+    passes: boolean;
+    reasons: string[];
+    /** "paired": both versions scored on the same cells; "tpr": older versions, TPRs only. */
+    basis?: "paired" | "tpr";
+    /** e.g. "cannot judge: AR (n=2), BL (n=0)"; empty when every class has enough cells. */
+    cannot_judge?: string;
+    per_class?: GuardClassRow[];
+  };
+  /** n per class on the evaluation set (null where the versions were not paired). */
+  per_class_tpr?: Record<string, { n: number | null }>;
 };
 
 /** The training job's `progress` JSON column (`unknown` in the schema), as the worker writes it. */

@@ -4,7 +4,10 @@ candidate, which the promotion guard then promotes or holds back.
 A job runs mlworker.train.fit on every current label (latest label per cell, imported
 and adjudicated included, unresolved conflicts excluded), starting from the active
 version's weights and retraining the final layers as the paper does. It is judged with
-the active version on the same fixed evaluation set; the promotion guard then decides.
+the active version on the same fixed evaluation set: both are scored on the same cells and
+the job records, per class, the cells each got right and the discordant ones
+(``metrics["paired_on_evaluation_set"]``, mlworker/paired.py), so the promotion guard can
+tell a real drop from noise (annotation/rules.py).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import shlex
 import tempfile
 import traceback
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -23,7 +27,13 @@ from django.utils import timezone
 
 from annotation.errors import ApplicationError
 from annotation.models import Label, ModelVersion, TrainingJob
-from annotation.services.training.dataset import evaluation_set_get_or_create, labelled_cells
+from annotation.services.training.dataset import (
+    LabelledCell,
+    evaluation_set_get_or_create,
+    evaluation_set_unjudged,
+    gold_cells,
+    labelled_cells,
+)
 from annotation.services.training.jobs import (
     WORKER_LOST,
     training_job_announce,
@@ -31,6 +41,10 @@ from annotation.services.training.jobs import (
     training_job_finish,
 )
 from annotation.storage import storage_path_for_training
+
+if TYPE_CHECKING:
+    from mlworker.data import Sample
+    from mlworker.model import Checkpoint
 
 logger = logging.getLogger(__name__)
 LOG_TAIL_CHARS = 4000
@@ -62,6 +76,45 @@ def _retrain_args(job: TrainingJob) -> list[str]:
     return shlex.split(settings.WBC_RETRAIN_ARGS) + [str(a) for a in job.params.get("args", [])]
 
 
+def _evaluate_pair(
+    *,
+    active: Checkpoint,
+    candidate: Checkpoint,
+    samples: Sequence[Sample],
+    include: Iterable[str],
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the active version's evaluation JSON, the paired table) on ``samples``.
+
+    Both checkpoints are scored by the same path (``Scorer``, each with its own
+    temperature), so row i is the same cell for both; that costs one more pass over the
+    evaluation set than scoring the active version alone, and spares relying on how fit
+    orders its validation images. The paired table is None if the two left out different
+    unreadable images (a file changed between the passes): then no row pairing holds.
+    """
+    from mlworker.evaluate import scored_report
+    from mlworker.paired import paired_table
+    from mlworker.score import Scorer, score_labelled
+
+    active_scorer = Scorer(active)
+    on_active = score_labelled(active_scorer, samples, num_workers=0)
+    candidate_scorer = Scorer(candidate)
+    on_candidate = score_labelled(candidate_scorer, samples, num_workers=0)
+    report = scored_report(on_active, active_scorer)
+    if on_active.unreadable != on_candidate.unreadable or active_scorer.codes != (
+        candidate_scorer.codes
+    ):
+        logger.warning("the two versions did not score the same cells; no paired figures")
+        return report, None
+    paired = paired_table(
+        on_active.labels,
+        on_active.probabilities,
+        on_candidate.probabilities,
+        active_scorer.codes,
+        include=include,
+    )
+    return report, paired
+
+
 def training_job_run(*, job_id: int) -> TrainingJob:
     """Run one job to the end (in a Celery worker). Never touches the active version."""
 
@@ -71,7 +124,7 @@ def training_job_run(*, job_id: int) -> TrainingJob:
     )
     from mlworker.data import Sample
     from mlworker.model import save_checkpoint
-    from mlworker.train import evaluate_samples, fit, parse_train_config
+    from mlworker.train import fit, parse_train_config
 
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().get(pk=job_id)
@@ -104,8 +157,13 @@ def training_job_run(*, job_id: int) -> TrainingJob:
         cells = labelled_cells()
         if not cells:
             raise ApplicationError("There are no labelled cells to train on.")
-        evaluation = evaluation_set_get_or_create(cells)
+        gold = gold_cells()
+        evaluation = evaluation_set_get_or_create(cells, gold=gold)
         held = set(evaluation.cell_ids)
+        # Active gold cells are never trained on; those in the set are judged by their
+        # expert reference class.
+        labelled_ids = {cell_id for cell_id, _, _, _ in cells}
+        judged: list[LabelledCell] = cells + [g for g in gold if g[0] not in labelled_ids]
         active = ModelVersion.objects.active()
         with tempfile.TemporaryDirectory(prefix="wbc-train-") as tmp:
             scratch = Path(tmp)
@@ -115,9 +173,9 @@ def training_job_run(*, job_id: int) -> TrainingJob:
                     code=code,
                     patient=str(case_id),
                 )
-                for cell_id, name, code, case_id in cells
+                for cell_id, name, code, case_id in judged
             }
-            train = [s for cid, s in samples.items() if cid not in held]
+            train = [s for cid, s in samples.items() if cid not in held and cid in labelled_ids]
             val = [s for cid, s in samples.items() if cid in held]
             if not train or not val:
                 raise ApplicationError(
@@ -142,8 +200,19 @@ def training_job_run(*, job_id: int) -> TrainingJob:
                 }
             )
             metrics = dict(result.metrics)
-            if active is not None:
-                metrics["active_on_evaluation_set"] = evaluate_samples(init, val) if init else {}
+            if active is not None and init is not None:
+                active_report, paired = _evaluate_pair(
+                    active=init,
+                    candidate=result.checkpoint,
+                    samples=val,
+                    include=[str(s.code) for s in samples.values()],
+                )
+                metrics["active_on_evaluation_set"] = active_report
+                if paired is not None:
+                    # The guard uses these only against this very version (annotation/rules.py).
+                    paired["active_version_id"] = active.pk
+                    paired["active_version"] = active.name
+                    metrics["paired_on_evaluation_set"] = paired
             ckpt_path = save_checkpoint(result.checkpoint, scratch / "checkpoint.pt")
             counts: dict[str, int] = defaultdict(int)
             for s in train:
@@ -157,6 +226,7 @@ def training_job_run(*, job_id: int) -> TrainingJob:
                     "train_counts": dict(counts),
                     "evaluation_set": evaluation.name,
                     "evaluation_counts": evaluation.counts,
+                    "evaluation_unjudged": evaluation_set_unjudged(evaluation),
                     "max_label_id": Label.objects.order_by("-id")
                     .values_list("id", flat=True)
                     .first(),

@@ -1,6 +1,8 @@
 // Bars and matrices in plain HTML/SVG (no chart library): every value is also written as
 // text, so nothing depends on colour or on seeing the bar.
 
+import type { ModelVersionComparison } from "../types";
+
 export interface Bar {
   key: string;
   label: string;
@@ -35,7 +37,16 @@ export function Bars({ bars, max, format, caption, testid }: { bars: Bar[]; max?
 }
 
 /** Paired bars for two model versions per class, with the difference as text. */
-export function PairedBars({ rows, nameA, nameB }: { rows: { code: string; label: string; a: number | null; b: number | null }[]; nameA: string; nameB: string }) {
+type PairedRow = { code: string; label: string; a: number | null; b: number | null; n?: number | null; blocks?: boolean; judged?: boolean };
+
+/** The paired guard's n and verdict for one class, when the comparison has them. */
+export function guardRow(compare: ModelVersionComparison | null | undefined, code: string): Pick<PairedRow, "n" | "blocks" | "judged"> {
+  const row = compare?.guard_b_over_a.per_class?.find((r) => r.code === code);
+  const n = compare?.per_class_tpr?.[code]?.n ?? row?.n ?? null;
+  return row ? { n, blocks: row.blocks, judged: row.judged } : { n };
+}
+
+export function PairedBars({ rows, nameA, nameB }: { rows: PairedRow[]; nameA: string; nameB: string }) {
   const pct = (v: number | null) => (v === null ? "n/a" : `${(100 * v).toFixed(1)} %`);
   return (
     <table class="paired" data-testid="tpr-compare">
@@ -46,12 +57,15 @@ export function PairedBars({ rows, nameA, nameB }: { rows: { code: string; label
           <th scope="col">TPR</th>
           <th scope="col" class="num">A</th>
           <th scope="col" class="num">B</th>
+          <th scope="col" class="num">n</th>
           <th scope="col" class="num">B − A</th>
         </tr>
       </thead>
       <tbody>
         {rows.map((r) => {
           const delta = r.a === null || r.b === null ? null : r.b - r.a;
+          // With paired figures only a drop the guard judged (enough cells, unlikely noise) is flagged.
+          const worse = r.blocks ?? (r.judged === false ? false : delta !== null && delta < -0.05);
           return (
             <tr key={r.code}>
               <th scope="row" title={r.label}>
@@ -66,9 +80,13 @@ export function PairedBars({ rows, nameA, nameB }: { rows: { code: string; label
               </td>
               <td class="num">{pct(r.a)}</td>
               <td class="num">{pct(r.b)}</td>
-              <td class={`num ${delta !== null && delta < -0.05 ? "worse" : ""}`}>
+              <td class="num" data-testid={`n-${r.code}`} title={r.judged === false ? "too few cells to judge" : undefined}>
+                {r.n ?? "–"}
+                {r.judged === false ? " ·" : ""}
+              </td>
+              <td class={`num ${worse ? "worse" : ""}`}>
                 {delta === null ? "n/a" : `${delta >= 0 ? "+" : "−"}${Math.abs(100 * delta).toFixed(1)}`}
-                {delta !== null && delta < -0.05 ? " ▼" : ""}
+                {worse ? " ▼" : ""}
               </td>
             </tr>
           );

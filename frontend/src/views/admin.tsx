@@ -4,9 +4,10 @@
 // trust tab (agreement between readers and gold cells, views/trust.tsx).
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { ApiError, api, type UploadProgress } from "../api";
-import { Bars, ConfusionMatrix, PairedBars, Progress } from "../components/charts";
+import { Bars, ConfusionMatrix, PairedBars, Progress, guardRow } from "../components/charts";
 import type { Events } from "../events";
 import { reasonText } from "../labelling";
+import { laterOf } from "../training";
 import type { Boot, ModelVersion, ModelVersionDetail, QueueCounts, RoutingConfig, TrainingJob, UploadSummary } from "../types";
 import { confirmAction, showError, showInfo, useLoad } from "../ui";
 import { TrustTab } from "./trust";
@@ -175,6 +176,7 @@ function ModelsTab({ boot, events }: { boot: Boot; events: Events }) {
         <p class={compare.guard_b_over_a.passes ? "guard ok" : "guard bad"} data-testid="guard">
           Promotion guard, B over A: {compare.guard_b_over_a.passes ? "✓ passes" : "✗ would be held back"}
           {compare.guard_b_over_a.reasons.length ? ` (${compare.guard_b_over_a.reasons.join("; ")})` : ""}
+          {compare.guard_b_over_a.cannot_judge ? `; ${compare.guard_b_over_a.cannot_judge}` : ""}
         </p>
       )}
       {da && db && (
@@ -182,7 +184,7 @@ function ModelsTab({ boot, events }: { boot: Boot; events: Events }) {
           <PairedBars
             nameA={da.name}
             nameB={db.name}
-            rows={codes.map((code) => ({ code, label: names.get(code) ?? code, a: tprOf(da)[code] ?? null, b: tprOf(db)[code] ?? null }))}
+            rows={codes.map((code) => ({ code, label: names.get(code) ?? code, a: tprOf(da)[code] ?? null, b: tprOf(db)[code] ?? null, ...guardRow(compare, code) }))}
           />
           <div class="side-by-side">
             {[da, db].map((d, i) => (
@@ -234,7 +236,8 @@ function TrainingTab({ events }: { events: Events }) {
   useEffect(() => {
     const offs = [
       events.on("training.progress", (data: { id: number; status: TrainingJob["status"]; progress: TrainingJob["progress"]; error: string; result_version: string | null }) => {
-        setLive((prev) => ({ ...prev, [data.id]: { status: data.status, progress: data.progress, error: data.error, result_version_name: data.result_version } }));
+        const next = { status: data.status, progress: data.progress, error: data.error, result_version_name: data.result_version };
+        setLive((prev) => ({ ...prev, [data.id]: laterOf(prev[data.id], next) }));
         if (["succeeded", "failed", "cancelled"].includes(data.status)) reload();
       }),
       events.on("training.log", (data: { id: number; log_tail: string }) => setLogs((prev) => ({ ...prev, [data.id]: data.log_tail }))),
@@ -244,7 +247,7 @@ function TrainingTab({ events }: { events: Events }) {
     return () => offs.forEach((off) => off());
   }, []);
 
-  const merged = (jobs ?? []).map((j) => ({ ...j, ...live[j.id], log_tail: logs[j.id] ?? j.log_tail }) as TrainingJob);
+  const merged = (jobs ?? []).map((j) => ({ ...laterOf(j, live[j.id]), log_tail: logs[j.id] ?? j.log_tail }) as TrainingJob);
   const open = merged.find((j) => j.status === "queued" || j.status === "running");
   // The list has no log; the newest job's detail has it.
   const newest = merged[0];
@@ -287,7 +290,7 @@ function TrainingTab({ events }: { events: Events }) {
     }
   };
 
-  const shownJob = newest ? ({ ...newest, ...(detail && detail.id === newest.id ? { log_tail: detail.log_tail } : {}), ...live[newest.id] } as TrainingJob) : null;
+  const shownJob = newest ? ({ ...newest, ...(detail && detail.id === newest.id ? { log_tail: detail.log_tail } : {}) } as TrainingJob) : null;
   const logText = (newest && logs[newest.id]) || shownJob?.log_tail || "";
   return (
     <div data-testid="training-tab">
@@ -307,7 +310,7 @@ function TrainingTab({ events }: { events: Events }) {
             label={`Training job ${shownJob.id} progress`}
           />
           <p class="muted" aria-live="polite" data-testid="job-stage">
-            Stage: {String(shownJob.progress?.stage ?? "waiting for a worker")}
+            Stage: {String(shownJob.progress?.stage ?? (shownJob.status === "queued" ? "waiting for a worker" : shownJob.status))}
             {shownJob.progress?.epoch !== undefined ? ` · epoch ${shownJob.progress.epoch}${shownJob.progress.epochs ? ` of ${shownJob.progress.epochs}` : ""}` : ""}
           </p>
           {shownJob.status === "succeeded" && (

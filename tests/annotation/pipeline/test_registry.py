@@ -130,3 +130,69 @@ def test_promotion_resets_queued_items_but_keeps_leased_ones(tmp_path: Path) -> 
     queued.refresh_from_db()
     leased.refresh_from_db()
     assert queued.status == "cancelled" and leased.status == "leased"
+
+
+def test_the_guard_on_paired_figures_says_counts_p_and_what_it_cannot_judge(
+    tmp_path: Path,
+) -> None:
+    v1 = _register(tmp_path, "v1", balanced=0.85)
+    model_version_promote(version_id=v1.pk, user=None)
+
+    def candidate(name: str, pr: dict[str, int]) -> ModelVersion:
+        per_class = {
+            "NE": {
+                "n": 60,
+                "active_hits": 50,
+                "candidate_hits": 52,
+                "active_only": 1,
+                "candidate_only": 3,
+            },
+            "PR": {"n": 20, **pr},
+            "AR": {
+                "n": 2,
+                "active_hits": 2,
+                "candidate_hits": 0,
+                "active_only": 2,
+                "candidate_only": 0,
+            },
+        }
+        overall = {k: sum(r[k] for r in per_class.values()) for k in per_class["NE"]}
+        metrics = {
+            "balanced_accuracy": 0.80,
+            "per_class": {
+                c: {"n": r["n"], "tpr": r["candidate_hits"] / r["n"]} for c, r in per_class.items()
+            },
+            "active_on_evaluation_set": {"balanced_accuracy": 0.85},
+            "paired_on_evaluation_set": {
+                **overall,
+                "per_class": per_class,
+                "active_version_id": v1.pk,
+                "active_version": v1.name,
+            },
+        }
+        ckpt = tiny_checkpoint(tmp_path / f"{name}.pt")
+        return model_version_register(checkpoint_path=ckpt, name=name, metrics=metrics)
+
+    worse = candidate(
+        "v2", {"active_hits": 14, "candidate_hits": 9, "active_only": 5, "candidate_only": 0}
+    )
+    with pytest.raises(ApplicationError) as err:
+        model_version_promote(version_id=worse.pk, user=None)
+    assert "PR TPR 14/20 -> 9/20, p = 0.03" in err.value.message
+    assert "cannot judge: AR (n=2)" in err.value.message
+    comparison = model_version_compare(a_id=v1.pk, b_id=worse.pk)
+    assert comparison["paired_b_over_a"]["per_class"]["PR"]["active_only"] == 5
+    assert comparison["per_class_tpr"]["PR"]["n"] == 20
+    assert comparison["per_class_tpr"]["BL"]["n"] == 0
+    assert comparison["guard_b_over_a"]["unjudged"] == [{"code": "AR", "n": 2}]
+    # Against another version than the one it was scored with, no paired counts are shown.
+    assert model_version_compare(a_id=worse.pk, b_id=v1.pk)["paired_b_over_a"] is None
+
+    # 2/2 -> 0/2 on AR and a PR drop that is noise: promoted, the guard's record says why.
+    noise = candidate(
+        "v3", {"active_hits": 14, "candidate_hits": 12, "active_only": 6, "candidate_only": 4}
+    )
+    model_version_promote(version_id=noise.pk, user=None)
+    assert ModelVersion.objects.active() == noise
+    guard = AuditEvent.objects.filter(action="model.promote").last().after["guard"]
+    assert guard["basis"] == "paired" and guard["cannot_judge"] == "cannot judge: AR (n=2)"

@@ -16,6 +16,7 @@ import pytest
 
 import mlworker.train
 from annotation.models import EvaluationSet, ModelVersion, TrainingJob
+from annotation.rules import MIN_CLASS_N_TO_JUDGE
 from annotation.services.imports import cells_import
 from annotation.services.training import training_job_cancel, training_job_create, training_job_run
 from tests.annotation.helpers import copy_files, first_images
@@ -81,6 +82,20 @@ def test_a_job_trains_a_candidate_judged_on_a_fixed_evaluation_set(
     assert metrics["weak_classes"]["before"] is not None and metrics["history"]
     active_report = metrics["active_on_evaluation_set"]
     assert active_report["n_images"] == metrics["n_images"]
+    # Both versions scored on the same cells: the paired figures the guard tests.
+    paired = metrics["paired_on_evaluation_set"]
+    assert paired["active_version_id"] == active.pk and paired["n"] == metrics["n_images"]
+    assert sum(row["n"] for row in paired["per_class"].values()) == paired["n"]
+    for code, row in paired["per_class"].items():
+        assert row["n"] == active_report["per_class"][code]["n"]
+        assert row["active_hits"] == round(active_report["per_class"][code]["tpr"] * row["n"])
+        assert row["candidate_hits"] == round(metrics["per_class"][code]["tpr"] * row["n"])
+        assert row["active_only"] - row["candidate_only"] == (
+            row["active_hits"] - row["candidate_hits"]
+        )
+    assert version.training_snapshot["evaluation_unjudged"] == {
+        code: n for code, n in evaluation.counts.items() if n < MIN_CLASS_N_TO_JUDGE
+    }
     snapshot = version.training_snapshot
     assert snapshot["n_train"] + snapshot["n_evaluation"] == n_cells
     active.refresh_from_db()
@@ -171,6 +186,9 @@ def test_a_worker_killed_during_training_fails_the_job_and_a_retry_succeeds(
     active = active_version(tmp_path)
     import_labelled(shared_data, tmp_path)
     log = tmp_path / "workers.log"
+    # About the redelivery itself: a redelivered task whose job is running fails it at
+    # once. With the shipped timeouts the heartbeat watchdog fails it first (after
+    # WBC_TRAINING_HEARTBEAT_TIMEOUT, 10 min: too slow here; test_training_jobs.py tests it).
     env = {"WBC_VISIBILITY_TIMEOUT": "3", "WBC_RETRAIN_ARGS": " ".join(TINY_ARGS[2:])}
     media = Path(settings.MEDIA_ROOT)
     first = start_worker(redis_url, media_root=media, log=log, extra_env=env)
