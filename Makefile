@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 APT_PACKAGES := docker-compose chromium
 
-.PHONY: setup apt frontend run test lint typecheck format migrate demo bench train-cpu clean
+.PHONY: setup apt frontend run test lint typecheck format migrate demo demo-model bench train-cpu clean
 
 setup: $(VENV)/.installed apt frontend
 
@@ -37,6 +37,11 @@ migrate: setup
 
 demo: migrate
 	$(PY) manage.py load_demo
+
+# The demo's model (demo/model/: EfficientNet-Lite0's last stage + head, trained on PBC cells
+# that are not the demo's own; see scripts/make_demo_model.py). About 8 minutes on one thread.
+demo-model: setup
+	nice -n 10 $(PY) scripts/make_demo_model.py --pbc $(SHARED_DATA)/pbc
 
 run: demo
 	@echo "Serving on http://$(HOST):$(PORT)/  (Ctrl-C to stop)"
