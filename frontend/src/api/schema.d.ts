@@ -601,6 +601,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/queue/release/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * @description Give back every lease a screen holds in one call (the labelling screen sends it when
+         *     it is left, and retries it). Items the caller no longer holds are ignored, so a retry
+         *     after a lost answer is harmless; ``released`` says which were given back.
+         */
+        post: operations["queue_release_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/routing-config/": {
         parameters: {
             query?: never;
@@ -705,15 +726,41 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** @description Admins list users and create one in a role (or move an existing user to it). */
+        /**
+         * @description Admins list users and create one in a role (409 if the username exists: a role
+         *     changes only through PATCH /api/users/{id}/).
+         */
         get: operations["users_list"];
         put?: never;
-        /** @description Admins list users and create one in a role (or move an existing user to it). */
+        /**
+         * @description Admins list users and create one in a role (409 if the username exists: a role
+         *     changes only through PATCH /api/users/{id}/).
+         */
         post: operations["users_create"];
         delete?: never;
         options?: never;
         head?: never;
         patch?: never;
+        trace?: never;
+    };
+    "/api/users/{user_id}/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * @description Admins change a user's role, the one way a role changes through the API (409 for
+         *     the last admin's own admin role).
+         */
+        patch: operations["users_partial_update"];
         trace?: never;
     };
     "/api/users/{user_id}/token/revoke/": {
@@ -748,10 +795,6 @@ export interface components {
             /** @description every independent read, with its author */
             reads: components["schemas"]["Label"][];
         };
-        AuthTokenRequest: {
-            username: string;
-            password: string;
-        };
         Case: {
             readonly id: number;
             accession_id: string;
@@ -768,6 +811,15 @@ export interface components {
             readonly n_cells: number;
             readonly n_labelled: number;
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         CaseCreateInputRequest: {
             accession_id: string;
             /** @default  */
@@ -815,6 +867,7 @@ export interface components {
             readonly thumbnail_url: string;
             width: number;
             height: number;
+            /** @description the file's name at import; empty except for admins and data scientists (PBC-style names carry the class) */
             original_filename?: string;
             source_class_name?: string;
             has_label_conflict?: boolean;
@@ -835,6 +888,7 @@ export interface components {
             readonly thumbnail_url: string;
             width: number;
             height: number;
+            /** @description the file's name at import; empty except for admins and data scientists (PBC-style names carry the class) */
             original_filename?: string;
             source_class_name?: string;
             has_label_conflict?: boolean;
@@ -852,7 +906,7 @@ export interface components {
             /** @description one per model version */
             predictions: components["schemas"]["Prediction"][];
             segmentations: components["schemas"]["Segmentation"][];
-            /** @description label history, oldest first */
+            /** @description label history, oldest first; empty while the reader is blinded on the cell */
             labels: components["schemas"]["Label"][];
             review_items: components["schemas"]["ReviewItemBrief"][];
         };
@@ -862,6 +916,15 @@ export interface components {
             /** Format: double */
             tpr: number | null;
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         DecideInputRequest: {
             code: components["schemas"]["Diff14CodeEnum"];
         };
@@ -952,6 +1015,15 @@ export interface components {
             code: string;
             message: string;
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         FlagInputRequest: {
             /** @default true */
             flagged: boolean;
@@ -975,6 +1047,15 @@ export interface components {
             readers: components["schemas"]["ReaderScore"][];
             models: components["schemas"]["ModelScore"][];
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         GoldMarkInputRequest: {
             /** Format: int64 */
             cell: number;
@@ -1024,6 +1105,15 @@ export interface components {
             readonly created_at: string;
             supersedes?: number | null;
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         LabelCreateInputRequest: {
             /**
              * @description the 14-Diff class
@@ -1103,6 +1193,15 @@ export interface components {
          * @enum {string}
          */
         ModelVersionStatusEnum: "training" | "candidate" | "active" | "retired" | "failed";
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         NextInputRequest: {
             count?: number;
         };
@@ -1157,6 +1256,15 @@ export interface components {
             previous: string | null;
             results: components["schemas"]["User"][];
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         PatchedRoutingConfigUpdateRequest: {
             /** Format: double */
             confidence_threshold?: number;
@@ -1174,6 +1282,18 @@ export interface components {
              * @description share of handed-out cells that are gold cells (0-0.5)
              */
             gold_rate?: number;
+        };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        PatchedUserUpdateInputRequest: {
+            role?: components["schemas"]["RoleEnum"];
         };
         Prediction: {
             model_version: number;
@@ -1207,6 +1327,15 @@ export interface components {
          * @enum {string}
          */
         ProcessingEnum: "pending" | "segmented" | "scored" | "failed";
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         PromoteInputRequest: {
             /** @default false */
             force: boolean;
@@ -1230,6 +1359,21 @@ export interface components {
             per_class: {
                 [key: string]: components["schemas"]["ClassScore"];
             };
+        };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        ReleaseManyInputRequest: {
+            item_ids: number[];
+        };
+        ReleaseManyOutput: {
+            released: number[];
         };
         ReviewItem: {
             readonly id: number;
@@ -1321,6 +1465,15 @@ export interface components {
          * @enum {string}
          */
         SourceEnum: "imported" | "hematologist" | "adjudicated";
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         SubmitInputRequest: {
             code: components["schemas"]["Diff14CodeEnum"];
         };
@@ -1328,6 +1481,11 @@ export interface components {
             token: string;
             username: string;
             roles: string[];
+        };
+        /** @description DRF's username and password check, strict about unknown keys like every body. */
+        TokenObtainInputRequest: {
+            username: string;
+            password: string;
         };
         TokenRevoked: {
             username: string;
@@ -1353,11 +1511,18 @@ export interface components {
             /** Format: date-time */
             heartbeat_at?: string | null;
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         TrainingJobCreateInputRequest: {
-            /** @description overrides of the training flags */
-            params?: {
-                [key: string]: unknown;
-            };
+            /** @description what this job does differently from the defaults */
+            params?: components["schemas"]["TrainingParamsInputRequest"];
         };
         TrainingJobDetail: {
             readonly id: number;
@@ -1388,6 +1553,11 @@ export interface components {
          * @enum {string}
          */
         TrainingJobStatusEnum: "queued" | "running" | "succeeded" | "failed" | "cancelled";
+        /** @description ``params`` of a training job: what the job honours, nothing else. */
+        TrainingParamsInputRequest: {
+            /** @description training flags added after WBC_RETRAIN_ARGS, as the CLI takes them, e.g. ["--epochs-finetune", "3", "--epochs-weak", "1"] (mlworker/training.md) */
+            args?: string[];
+        };
         /**
          * @description * `schedule` - Schedule
          *     * `admin` - Admin
@@ -1395,6 +1565,15 @@ export interface components {
          * @enum {string}
          */
         TriggerEnum: "schedule" | "admin" | "api";
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         UploadInputRequest: {
             /** @description images (JPEG, PNG, BMP, TIFF) or one .zip */
             files?: string[];
@@ -1451,6 +1630,15 @@ export interface components {
             readonly roles: string[];
             is_active: boolean;
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
         UserCreateInputRequest: {
             username: string;
             password: string;
@@ -1560,9 +1748,9 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["AuthTokenRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["AuthTokenRequest"];
-                "multipart/form-data": components["schemas"]["AuthTokenRequest"];
+                "application/json": components["schemas"]["TokenObtainInputRequest"];
+                "application/x-www-form-urlencoded": components["schemas"]["TokenObtainInputRequest"];
+                "multipart/form-data": components["schemas"]["TokenObtainInputRequest"];
             };
         };
         responses: {
@@ -2444,6 +2632,31 @@ export interface operations {
             };
         };
     };
+    queue_release_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReleaseManyInputRequest"];
+                "application/x-www-form-urlencoded": components["schemas"]["ReleaseManyInputRequest"];
+                "multipart/form-data": components["schemas"]["ReleaseManyInputRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReleaseManyOutput"];
+                };
+            };
+        };
+    };
     routing_config_retrieve: {
         parameters: {
             query?: never;
@@ -2644,6 +2857,49 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["User"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    users_partial_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["PatchedUserUpdateInputRequest"];
+                "application/x-www-form-urlencoded": components["schemas"]["PatchedUserUpdateInputRequest"];
+                "multipart/form-data": components["schemas"]["PatchedUserUpdateInputRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
