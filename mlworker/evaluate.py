@@ -44,6 +44,7 @@ def evaluation_report(
     report["ece"] = expected_calibration_error(probabilities, labels) if len(labels) else None
     keys = ["n_images", "accuracy", "balanced_accuracy", "macro_f1", "normal_tpr"]
     keys += ["abnormal_tpr", "ece", "per_class", "confusion"]
+    keys += ["balanced_accuracy_ci95", "normal_tpr_ci95", "abnormal_tpr_ci95"]
     return {k: report[k] for k in keys}
 
 
