@@ -18,6 +18,7 @@ PBC = SHARED_DATA / "pbc"
 REPORT_KEYS = {
     "n_images", "accuracy", "balanced_accuracy", "macro_f1", "normal_tpr", "abnormal_tpr",
     "ece", "per_class", "confusion",
+    "balanced_accuracy_ci95", "normal_tpr_ci95", "abnormal_tpr_ci95",
 }  # fmt: skip
 
 
