@@ -31,7 +31,8 @@ REST_FRAMEWORK = {
         "login": os.environ.get("WBC_API_LOGIN_RATE", "30/min"),
     },
     "EXCEPTION_HANDLER": "annotation.api.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, with response fields required as sent: annotation/api/schema.py
+    "DEFAULT_SCHEMA_CLASS": "annotation.api.schema.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": None,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -50,7 +51,15 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # A PATCH body is validated like any other (partial=False): its required fields are
+    # required, so the schema must not show them optional.
+    "COMPONENT_SPLIT_PATCH": False,
     "SCHEMA_PATH_PREFIX": "/api/",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # every error an operation can answer, and limit/offset on pages: annotation/api/schema.py
+        "annotation.api.schema.add_error_responses",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "Diff14CodeEnum": "annotation.models.core.DIFF14_CHOICES",
         "CaseStatusEnum": "annotation.models.core.Case.Status",

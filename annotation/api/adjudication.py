@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from annotation.api.cells import LabelSerializer
 from annotation.api.common import Diff14Field, InputSerializer, request_user
 from annotation.api.permissions import ADJUDICATORS, ADMINS, Roles
+from annotation.api.schema import error_responses
 from annotation.models import ReviewItem
 from annotation.roles import DATA_SCIENTIST
 from annotation.selectors.adjudication import adjudication_queue
@@ -61,7 +62,9 @@ class AdjudicationDecideApi(APIView):
     class DecideInputSerializer(InputSerializer):
         code = Diff14Field()
 
-    @extend_schema(request=DecideInputSerializer, responses={201: LabelSerializer})
+    @extend_schema(
+        request=DecideInputSerializer, responses={201: LabelSerializer, **error_responses(409)}
+    )
     def post(self, request: Request, item_id: int) -> Response:
         data = self.DecideInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -15,18 +15,17 @@ from annotation.api.common import (
     no_input,
     paginated,
     paginated_response,
+    query_input,
     request_user,
 )
 from annotation.api.permissions import ADMINS, EVERYONE, LABELLERS, Roles
+from annotation.api.schema import error_responses
 from annotation.models import Case
 from annotation.selectors.cases import CaseFilters, case_differential, case_get, case_list
 from annotation.services.cases import case_create, case_signoff
 
 
 class CaseSerializer(serializers.ModelSerializer[Case]):
-    n_cells = serializers.IntegerField(read_only=True, required=False)
-    n_labelled = serializers.IntegerField(read_only=True, required=False)
-
     class Meta:
         model = Case
         fields = [
@@ -40,9 +39,17 @@ class CaseSerializer(serializers.ModelSerializer[Case]):
             "status",
             "created_at",
             "updated_at",
-            "n_cells",
-            "n_labelled",
         ]
+
+
+class CaseListItemSerializer(CaseSerializer):
+    """A row of the case list, with the counts ``case_list`` annotates (only there)."""
+
+    n_cells = serializers.IntegerField(read_only=True)
+    n_labelled = serializers.IntegerField(read_only=True)
+
+    class Meta(CaseSerializer.Meta):
+        fields = [*CaseSerializer.Meta.fields, "n_cells", "n_labelled"]
 
 
 class DifferentialClassSerializer(serializers.Serializer):
@@ -112,19 +119,22 @@ class CaseListCreateApi(APIView):
     @extend_schema(
         operation_id="cases_list",
         parameters=[FilterSerializer],
-        responses=paginated(CaseSerializer),
+        responses={200: paginated(CaseListItemSerializer)},
     )
     def get(self, request: Request) -> Response:
-        params = self.FilterSerializer(data=request.query_params)
+        params = self.FilterSerializer(data=query_input(request))
         params.is_valid(raise_exception=True)
         queryset = case_list(
             filters=CaseFilters(**params.validated_data), user=request_user(request)
         )
         return paginated_response(
-            request=request, view=self, queryset=queryset, serializer_class=CaseSerializer
+            request=request, view=self, queryset=queryset, serializer_class=CaseListItemSerializer
         )
 
-    @extend_schema(request=CaseCreateInputSerializer, responses={201: CaseSerializer})
+    @extend_schema(
+        request=CaseCreateInputSerializer,
+        responses={201: CaseSerializer, **error_responses(409)},
+    )
     def post(self, request: Request) -> Response:
         data = self.CaseCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -149,7 +159,7 @@ class CaseSignOffApi(APIView):
 
     permission_classes = [Roles(POST=LABELLERS)]
 
-    @extend_schema(request=None, responses=CaseSerializer)
+    @extend_schema(request=None, responses={200: CaseSerializer, **error_responses(409)})
     def post(self, request: Request, case_id: int) -> Response:
         no_input(request)
         case = case_signoff(case_id=case_id, user=request_user(request))

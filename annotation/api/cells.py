@@ -11,7 +11,12 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -25,6 +30,7 @@ from annotation.api.common import (
     InputSerializer,
     paginated,
     paginated_response,
+    query_input,
     request_user,
     storage_file_response,
 )
@@ -224,7 +230,7 @@ class CellListApi(APIView):
         responses=paginated(CellSerializer),
     )
     def get(self, request: Request) -> Response:
-        params = self.FilterSerializer(data=request.query_params)
+        params = self.FilterSerializer(data=query_input(request))
         params.is_valid(raise_exception=True)
         data = dict(params.validated_data)
         data["case_id"] = data.pop("case", None)
@@ -377,6 +383,17 @@ class CellUploadApi(APIView):
         )
         label = Diff14Field(required=False, help_text="14-Diff class of every uploaded image")  # type: ignore[assignment]
 
+    @extend_schema_serializer(component_name="UploadInput")
+    class UploadSchemaSerializer(UploadInputSerializer):
+        """The body as the schema shows it: at least one file. The view leaves that check
+        to ``cells_upload``, whose 400 ``no_files`` says what to attach."""
+
+        files = serializers.ListField(
+            child=serializers.FileField(allow_empty_file=True),
+            min_length=1,
+            help_text="images (JPEG, PNG, BMP, TIFF) or one .zip",
+        )
+
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
         # Before anything reads the body (CSRF checks read request.POST).
         self.upload_handler = _SizeLimitedUploadHandler(request)
@@ -384,7 +401,7 @@ class CellUploadApi(APIView):
         return super().initialize_request(request, *args, **kwargs)
 
     @extend_schema(
-        request={"multipart/form-data": UploadInputSerializer},
+        request={"multipart/form-data": UploadSchemaSerializer},
         responses={201: UploadSummarySerializer, 400: ErrorSerializer},
     )
     def post(self, request: Request) -> Response:

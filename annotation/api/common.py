@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from django.core.files.storage import default_storage
-from django.http import FileResponse
+from django.http import FileResponse, QueryDict
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
@@ -42,11 +42,62 @@ class InputSerializer(serializers.Serializer):
                     else "not a field of this request; it takes no fields."
                 )
                 raise serializers.ValidationError({key[:64]: [hint] for key in unknown[:20]})
+            if not isinstance(data, QueryDict):
+                wrong = {
+                    name: [problem]
+                    for name, field in self.fields.items()
+                    if name in data and (problem := _json_type_problem(field, data[name]))
+                }
+                if wrong:
+                    raise serializers.ValidationError(wrong)
         return super().to_internal_value(data)
+
+
+def _json_type_problem(field: serializers.Field[Any, Any, Any, Any], value: Any) -> str | None:
+    """Why a JSON value has the wrong type for ``field``, or None.
+
+    DRF coerces for HTML forms' sake: ``0`` becomes the text "0", ``false`` the number 0,
+    "3" the integer 3. In a JSON body that is a caller's mistake the schema forbids, so it
+    is a 400 naming the field instead of a value the caller did not mean.
+    """
+    if value is None or field.read_only:
+        return None  # null: the field's own allow_null rule answers
+    if isinstance(field, serializers.ListField) and isinstance(value, list):
+        child = field.child
+        problems = [p for item in value if child and (p := _json_type_problem(child, item))]
+        return problems[0] if problems else None
+    if isinstance(field, serializers.BooleanField):
+        ok = isinstance(value, bool)
+        wanted = "true or false"
+    elif isinstance(field, serializers.IntegerField):
+        ok = not isinstance(value, bool) and (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        )
+        wanted = "an integer"
+    elif isinstance(field, serializers.FloatField):
+        ok = not isinstance(value, bool) and isinstance(value, int | float)
+        wanted = "a number"
+    elif isinstance(field, serializers.CharField | serializers.ChoiceField):
+        ok = isinstance(value, str)
+        wanted = "a string"
+    else:
+        return None
+    return None if ok else f"must be {wanted}, not {json.dumps(value)[:64]}."
 
 
 class NoInputSerializer(InputSerializer):
     """The body of an action that takes no input: empty, or a JSON object with no keys."""
+
+
+def query_input(request: Request) -> dict[str, str]:
+    """The query string for a filter serializer, as a plain dict.
+
+    Given the ``QueryDict`` itself, DRF reads it as an HTML form, where an empty value of
+    an optional field means "not given": ``?status=`` or ``?since=`` would be silently
+    ignored. Here an empty value is a value, so a filter that is not valid is a 400
+    naming it (the browser client leaves unset filters out, frontend/src/api/http.ts).
+    """
+    return request.query_params.dict()
 
 
 def no_input(request: Request) -> None:
@@ -56,8 +107,25 @@ def no_input(request: Request) -> None:
 
 
 class Pagination(LimitOffsetPagination):
+    """Pages of at most 500. A ``limit`` or ``offset`` that is not a number in range is a
+    400 naming it; DRF would silently use the default instead, and the caller would read
+    a page they did not ask for as if it were the one they did."""
+
     default_limit = 50
     max_limit = 500
+
+    class PageParamsSerializer(serializers.Serializer):
+        limit = serializers.IntegerField(min_value=1, max_value=500, required=False)
+        offset = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False)
+
+    def paginate_queryset(self, queryset: Any, request: Any, view: Any = None) -> Any:
+        params = self.PageParamsSerializer(
+            data={
+                k: request.query_params[k] for k in ("limit", "offset") if k in request.query_params
+            }
+        )
+        params.is_valid(raise_exception=True)
+        return super().paginate_queryset(queryset, request, view)
 
 
 def paginated_response(

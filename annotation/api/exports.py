@@ -25,6 +25,7 @@ from annotation.api.common import (
     ErrorSerializer,
     paginated,
     paginated_response,
+    query_input,
     request_user,
     storage_file_response,
 )
@@ -136,7 +137,7 @@ class ExportApi(APIView):
         },
     )
     def get(self, request: Request) -> HttpResponseBase:
-        params = self.ExportParamsSerializer(data=request.query_params)
+        params = self.ExportParamsSerializer(data=query_input(request))
         params.is_valid(raise_exception=True)
         data = params.validated_data
         since = data.get("since")

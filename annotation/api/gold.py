@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from annotation.api.common import Diff14Field, InputSerializer, no_input, request_user
 from annotation.api.permissions import ADMINS, Roles
+from annotation.api.schema import error_responses
 from annotation.models import GoldCell
 from annotation.selectors.gold import gold_cells_list, gold_performance
 from annotation.services.gold import gold_cell_mark, gold_cell_retire
@@ -67,7 +68,10 @@ class GoldListCreateApi(APIView):
             GoldCellSerializer(gold_cells_list(), many=True, context={"request": request}).data
         )
 
-    @extend_schema(request=GoldMarkInputSerializer, responses={201: GoldCellSerializer})
+    @extend_schema(
+        request=GoldMarkInputSerializer,
+        responses={201: GoldCellSerializer, **error_responses(404)},
+    )
     def post(self, request: Request) -> Response:
         data = self.GoldMarkInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

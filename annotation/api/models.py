@@ -18,9 +18,11 @@ from annotation.api.common import (
     no_input,
     paginated,
     paginated_response,
+    query_input,
     request_user,
 )
 from annotation.api.permissions import ADMINS, EVERYONE, Roles
+from annotation.api.schema import error_responses
 from annotation.models import ModelVersion, RoutingConfig, TrainingJob
 from annotation.selectors.model_registry import (
     model_version_compare,
@@ -30,8 +32,10 @@ from annotation.selectors.model_registry import (
 from annotation.selectors.routing import routing_config_get
 from annotation.selectors.training import training_job_get, training_job_list
 from annotation.services.model_registry import model_version_promote, model_version_rollback
+from annotation.services.routing import _LIMITS as ROUTING_LIMITS  # one table of bounds
 from annotation.services.routing import routing_config_update
 from annotation.services.training import training_job_cancel, training_job_create
+from mlworker import active_learning
 
 
 class ModelVersionSerializer(serializers.ModelSerializer[ModelVersion]):
@@ -74,7 +78,7 @@ class ModelVersionListApi(APIView):
         responses=paginated(ModelVersionSerializer),
     )
     def get(self, request: Request) -> Response:
-        params = self.FilterSerializer(data=request.query_params)
+        params = self.FilterSerializer(data=query_input(request))
         params.is_valid(raise_exception=True)
         queryset = model_version_list(status=params.validated_data.get("status"))
         return paginated_response(
@@ -100,9 +104,12 @@ class ModelVersionCompareApi(APIView):
         a = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
         b = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
 
-    @extend_schema(parameters=[CompareParamsSerializer], responses=OpenApiTypes.OBJECT)
+    @extend_schema(
+        parameters=[CompareParamsSerializer],
+        responses={200: OpenApiTypes.OBJECT, **error_responses(404)},
+    )
     def get(self, request: Request) -> Response:
-        params = self.CompareParamsSerializer(data=request.query_params)
+        params = self.CompareParamsSerializer(data=query_input(request))
         params.is_valid(raise_exception=True)
         return Response(
             model_version_compare(a_id=params.validated_data["a"], b_id=params.validated_data["b"])
@@ -118,7 +125,10 @@ class ModelVersionPromoteApi(APIView):
     class PromoteInputSerializer(InputSerializer):
         force = serializers.BooleanField(default=False)
 
-    @extend_schema(request=PromoteInputSerializer, responses=ModelVersionDetailSerializer)
+    @extend_schema(
+        request=PromoteInputSerializer,
+        responses={200: ModelVersionDetailSerializer, **error_responses(409)},
+    )
     def post(self, request: Request, version_id: int) -> Response:
         data = self.PromoteInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -133,7 +143,9 @@ class ModelVersionRollbackApi(APIView):
 
     permission_classes = [Roles(POST=ADMINS)]
 
-    @extend_schema(request=None, responses=ModelVersionDetailSerializer)
+    @extend_schema(
+        request=None, responses={200: ModelVersionDetailSerializer, **error_responses(409)}
+    )
     def post(self, request: Request, version_id: int) -> Response:
         no_input(request)
         version = model_version_rollback(version_id=version_id, user=request_user(request))
@@ -219,7 +231,8 @@ class TrainingJobListCreateApi(APIView):
         )
 
     @extend_schema(
-        request=TrainingJobCreateInputSerializer, responses={201: TrainingJobDetailSerializer}
+        request=TrainingJobCreateInputSerializer,
+        responses={201: TrainingJobDetailSerializer, **error_responses(409)},
     )
     def post(self, request: Request) -> Response:
         data = self.TrainingJobCreateInputSerializer(data=request.data)
@@ -244,7 +257,9 @@ class TrainingJobDetailApi(APIView):
 class TrainingJobCancelApi(APIView):
     permission_classes = [Roles(POST=ADMINS)]
 
-    @extend_schema(request=None, responses=TrainingJobDetailSerializer)
+    @extend_schema(
+        request=None, responses={200: TrainingJobDetailSerializer, **error_responses(409)}
+    )
     def post(self, request: Request, job_id: int) -> Response:
         no_input(request)
         job = training_job_cancel(job_id=job_id, user=request_user(request))
@@ -271,6 +286,11 @@ class RoutingConfigSerializer(serializers.ModelSerializer[RoutingConfig]):
         read_only_fields = ["updated_at"]
 
 
+def _bounds(name: str) -> dict[str, Any]:
+    low, high = ROUTING_LIMITS[name]
+    return {"min_value": low, "max_value": high}
+
+
 class RoutingConfigApi(APIView):
     """The review-queue thresholds. PATCH (admins) changes some of them; new queue items
     use the new values."""
@@ -278,17 +298,27 @@ class RoutingConfigApi(APIView):
     permission_classes = [Roles(GET=EVERYONE, PATCH=ADMINS)]
 
     class RoutingConfigUpdateSerializer(InputSerializer):
-        confidence_threshold = serializers.FloatField(required=False)
-        weak_class_tpr = serializers.FloatField(required=False)
-        audit_rate = serializers.FloatField(required=False)
-        strategy = serializers.CharField(required=False, max_length=32)
-        lease_seconds = serializers.IntegerField(required=False)
-        retrain_min_new_labels = serializers.IntegerField(required=False)
+        # The service's own bounds (annotation/services/routing.py), so the schema states
+        # them and a value out of range is refused here, naming the field.
+        confidence_threshold = serializers.FloatField(
+            required=False, **_bounds("confidence_threshold")
+        )
+        weak_class_tpr = serializers.FloatField(required=False, **_bounds("weak_class_tpr"))
+        audit_rate = serializers.FloatField(required=False, **_bounds("audit_rate"))
+        strategy = Choice(choices=list(active_learning.STRATEGIES), required=False)
+        lease_seconds = serializers.IntegerField(required=False, **_bounds("lease_seconds"))
+        retrain_min_new_labels = serializers.IntegerField(
+            required=False, **_bounds("retrain_min_new_labels")
+        )
         labels_required_abnormal = serializers.IntegerField(
-            required=False, help_text="independent reads for cells predicted abnormal (1-5)"
+            required=False,
+            help_text="independent reads for cells predicted abnormal (1-5)",
+            **_bounds("labels_required_abnormal"),
         )
         gold_rate = serializers.FloatField(
-            required=False, help_text="share of handed-out cells that are gold cells (0-0.5)"
+            required=False,
+            help_text="share of handed-out cells that are gold cells (0-0.5)",
+            **_bounds("gold_rate"),
         )
 
     @extend_schema(responses=RoutingConfigSerializer)

@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from annotation.api.cells import CellSerializer, LabelSerializer, api_url
 from annotation.api.common import Diff14Field, InputSerializer, no_input, request_user
 from annotation.api.permissions import EVERYONE, LABELLERS, Roles
+from annotation.api.schema import error_responses
 from annotation.models import CellImage, Label, Prediction, ReviewItem
 from annotation.selectors.review_queue import review_queue_counts
 from annotation.selectors.visibility import cell_blind, review_item_visibility
@@ -200,7 +201,8 @@ class ReviewNextApi(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = self.NextInputSerializer(data=request.data or {})
+        # An empty body is `{}` here; a JSON `null` (or any non-object) is refused.
+        data = self.NextInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         count = data.validated_data.get("count")
         context = {"request": request}
@@ -224,7 +226,9 @@ class ReviewSubmitApi(APIView):
     class SubmitInputSerializer(InputSerializer):
         code = Diff14Field()
 
-    @extend_schema(request=SubmitInputSerializer, responses={201: LabelSerializer})
+    @extend_schema(
+        request=SubmitInputSerializer, responses={201: LabelSerializer, **error_responses(409)}
+    )
     def post(self, request: Request, item_id: int) -> Response:
         data = self.SubmitInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -237,7 +241,7 @@ class ReviewSubmitApi(APIView):
 class ReviewSkipApi(APIView):
     permission_classes = [Roles(POST=LABELLERS)]
 
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(request=None, responses={204: None, **error_responses(409)})
     def post(self, request: Request, item_id: int) -> Response:
         no_input(request)
         review_item_skip(item_id=item_id, user=request_user(request))
@@ -247,7 +251,7 @@ class ReviewSkipApi(APIView):
 class ReviewReleaseApi(APIView):
     permission_classes = [Roles(POST=LABELLERS)]
 
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(request=None, responses={204: None, **error_responses(409)})
     def post(self, request: Request, item_id: int) -> Response:
         no_input(request)
         review_item_release(item_id=item_id, user=request_user(request))
@@ -285,7 +289,10 @@ class ReviewFlagApi(APIView):
     class FlagInputSerializer(InputSerializer):
         flagged = serializers.BooleanField(default=True)
 
-    @extend_schema(request=FlagInputSerializer, responses={200: ReviewItemSerializer})
+    @extend_schema(
+        request=FlagInputSerializer,
+        responses={200: ReviewItemSerializer, **error_responses(409)},
+    )
     def post(self, request: Request, item_id: int) -> Response:
         data = self.FlagInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

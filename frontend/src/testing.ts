@@ -55,6 +55,8 @@ export function fakeItem(topCode = "NE", confidence = 0.6): ReviewItem {
       width: 360,
       height: 363,
       original_filename: "x.jpg",
+      source_class_name: "",
+      processing: "scored",
       has_label_conflict: false,
       label: null,
       prediction: null,

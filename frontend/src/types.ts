@@ -12,11 +12,6 @@ import type { components } from "./api/schema";
 
 type Schemas = components["schemas"];
 
-/** `T` with the fields `K` present. The server sends them (DRF writes every field of a
- * model serializer), but drf-spectacular marks a model field that has a default optional,
- * as it is on input. */
-type Sent<T, K extends keyof T> = Omit<T, K> & { [P in K]-?: Exclude<T[P], undefined> };
-
 /** `T` with the fields of `R` typed as `R` types them (see the header). */
 type Narrowed<T, R> = Omit<T, keyof R> & R;
 
@@ -60,12 +55,9 @@ export type Prediction = Schemas["Prediction"];
 export type Segmentation = Schemas["Segmentation"];
 
 /** The open review item of a cell; `reasons` is a JSON list of route reasons. */
-export type ReviewItemBrief = Sent<Narrowed<Schemas["ReviewItemBrief"], { reasons: string[] }>, "status" | "flagged">;
+export type ReviewItemBrief = Narrowed<Schemas["ReviewItemBrief"], { reasons: string[] }>;
 
-export type Cell = Sent<
-  Narrowed<Schemas["Cell"], { queue: ReviewItemBrief | null }>,
-  "original_filename" | "has_label_conflict"
->;
+export type Cell = Narrowed<Schemas["Cell"], { queue: ReviewItemBrief | null }>;
 
 export type CellDetail = Cell &
   Narrowed<Omit<Schemas["CellDetail"], keyof Schemas["Cell"]>, { review_items: ReviewItemBrief[] }>;
@@ -79,10 +71,7 @@ export type Suggestion = {
 };
 
 /** A leased review item; the schema types its `suggestion` and `cell` as dicts. */
-export type ReviewItem = Sent<
-  Narrowed<Schemas["ReviewItem"], { reasons: string[]; suggestion: Suggestion | null; cell: Cell }>,
-  "status" | "priority" | "flagged" | "lease_expires_at" | "model_version"
->;
+export type ReviewItem = Narrowed<Schemas["ReviewItem"], { reasons: string[]; suggestion: Suggestion | null; cell: Cell }>;
 
 export type QueueCounts = Schemas["QueueCounts"];
 
@@ -96,7 +85,9 @@ export interface Page<T> {
 
 // --- cases and the differential -----------------------------------------------------------
 
-export type Case = Sent<Schemas["Case"], "patient_pseudonym" | "diagnosis" | "source" | "status">;
+/** A case; only rows of the case list carry the counts (CaseListItem). */
+export type Case = Schemas["Case"] & Partial<Pick<Schemas["CaseListItem"], "n_cells" | "n_labelled">>;
+export type CaseListItem = Schemas["CaseListItem"];
 
 export type DifferentialClass = Narrowed<Schemas["DifferentialClass"], { group: Group }>;
 export type Flag = Schemas["Flag"];
@@ -120,7 +111,7 @@ export type CaseDetail = Case & { readonly differential: Differential & Pick<Sch
 
 // --- model versions, training, routing ----------------------------------------------------
 
-export type ModelVersion = Sent<Schemas["ModelVersion"], "status" | "promoted_at" | "triggered_by">;
+export type ModelVersion = Schemas["ModelVersion"];
 
 /** The schema types the JSON columns `class_codes`, `metrics` and `per_class_tpr` as `unknown`. */
 export type ModelVersionDetail = ModelVersion &
@@ -162,18 +153,12 @@ export type ModelVersionComparison = {
 export type TrainingProgress = { stage?: string; percent?: number; epoch?: number; epochs?: number } & Record<string, unknown>;
 
 /** A training job; the list leaves out `log_tail`, the detail has it. */
-export type TrainingJob = Sent<
-  Narrowed<Schemas["TrainingJob"], { progress: TrainingProgress }>,
-  "status" | "error" | "result_version" | "result_version_name" | "created_by" | "started_at" | "finished_at"
-> & { log_tail?: string };
+export type TrainingJob = Narrowed<Schemas["TrainingJob"], { progress: TrainingProgress }> & { log_tail?: string };
 
 export type TrainingJobDetail = TrainingJob & Pick<Schemas["TrainingJobDetail"], "log_tail">;
 
-export type RoutingConfig = Sent<
-  Schemas["RoutingConfig"],
-  "confidence_threshold" | "weak_class_tpr" | "audit_rate" | "strategy" | "lease_seconds" | "retrain_min_new_labels" | "labels_required_abnormal"
->;
-export type RoutingConfigUpdate = Schemas["PatchedRoutingConfigUpdateRequest"];
+export type RoutingConfig = Schemas["RoutingConfig"];
+export type RoutingConfigUpdate = Schemas["RoutingConfigUpdateRequest"];
 
 export type UploadSummary = Narrowed<
   Schemas["UploadSummary"],
@@ -199,7 +184,7 @@ export type AgreementSummary = {
   by_week: { week: string; kappa: number | null; n_items: number }[];
 };
 
-export type AdjudicationItem = Sent<Narrowed<Schemas["AdjudicationItem"], { reasons: string[] }>, "labels_required">;
+export type AdjudicationItem = Narrowed<Schemas["AdjudicationItem"], { reasons: string[] }>;
 
 export type GoldCell = Schemas["GoldCell"];
 export type GoldPerClass = Schemas["ClassScore"];

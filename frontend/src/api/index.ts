@@ -8,6 +8,7 @@ import type {
   AdjudicationItem,
   AgreementSummary,
   Case,
+  CaseListItem,
   CaseDetail,
   Cell,
   CellDetail,
@@ -54,7 +55,7 @@ type SchemaResponse<P extends ApiPath, M extends HttpMethod> =
 interface Responses {
   "/api/adjudication/": { get: AdjudicationItem[] };
   "/api/agreement/": { get: AgreementSummary };
-  "/api/cases/": { get: Page<Case> };
+  "/api/cases/": { get: Page<CaseListItem> };
   "/api/cases/{case_id}/": { get: CaseDetail };
   "/api/cases/{case_id}/sign-off/": { post: Case };
   "/api/cells/": { get: Page<Cell> };

@@ -790,26 +790,24 @@ export interface components {
             case: string;
             case_id: number;
             readonly image_url: string;
-            reasons?: unknown;
-            labels_required?: number;
+            reasons: unknown;
+            labels_required: number;
             /** @description every independent read, with its author */
             reads: components["schemas"]["Label"][];
         };
         Case: {
             readonly id: number;
             accession_id: string;
-            patient_pseudonym?: string;
-            diagnosis?: string;
-            source?: string;
-            metadata?: unknown;
-            labels_required?: number;
-            status?: components["schemas"]["CaseStatusEnum"];
+            patient_pseudonym: string;
+            diagnosis: string;
+            source: string;
+            metadata: unknown;
+            labels_required: number;
+            status: components["schemas"]["CaseStatusEnum"];
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
             readonly updated_at: string;
-            readonly n_cells: number;
-            readonly n_labelled: number;
         };
         /**
          * @description The base of every write body (and of every object nested in one).
@@ -838,19 +836,34 @@ export interface components {
         CaseDetail: {
             readonly id: number;
             accession_id: string;
-            patient_pseudonym?: string;
-            diagnosis?: string;
-            source?: string;
-            metadata?: unknown;
-            labels_required?: number;
-            status?: components["schemas"]["CaseStatusEnum"];
+            patient_pseudonym: string;
+            diagnosis: string;
+            source: string;
+            metadata: unknown;
+            labels_required: number;
+            status: components["schemas"]["CaseStatusEnum"];
+            /** Format: date-time */
+            readonly created_at: string;
+            /** Format: date-time */
+            readonly updated_at: string;
+            readonly differential: components["schemas"]["Differential"];
+        };
+        /** @description A row of the case list, with the counts ``case_list`` annotates (only there). */
+        CaseListItem: {
+            readonly id: number;
+            accession_id: string;
+            patient_pseudonym: string;
+            diagnosis: string;
+            source: string;
+            metadata: unknown;
+            labels_required: number;
+            status: components["schemas"]["CaseStatusEnum"];
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
             readonly updated_at: string;
             readonly n_cells: number;
             readonly n_labelled: number;
-            readonly differential: components["schemas"]["Differential"];
         };
         /**
          * @description * `new` - New
@@ -868,10 +881,10 @@ export interface components {
             width: number;
             height: number;
             /** @description the file's name at import; empty except for admins and data scientists (PBC-style names carry the class) */
-            original_filename?: string;
-            source_class_name?: string;
-            has_label_conflict?: boolean;
-            processing?: components["schemas"]["ProcessingEnum"];
+            original_filename: string;
+            source_class_name: string;
+            has_label_conflict: boolean;
+            processing: components["schemas"]["ProcessingEnum"];
             label: components["schemas"]["Label"] | null;
             /** @description the active model's prediction */
             readonly prediction: components["schemas"]["PredictionBrief"] | null;
@@ -889,10 +902,10 @@ export interface components {
             width: number;
             height: number;
             /** @description the file's name at import; empty except for admins and data scientists (PBC-style names carry the class) */
-            original_filename?: string;
-            source_class_name?: string;
-            has_label_conflict?: boolean;
-            processing?: components["schemas"]["ProcessingEnum"];
+            original_filename: string;
+            source_class_name: string;
+            has_label_conflict: boolean;
+            processing: components["schemas"]["ProcessingEnum"];
             label: components["schemas"]["Label"] | null;
             /** @description the active model's prediction */
             readonly prediction: components["schemas"]["PredictionBrief"] | null;
@@ -901,8 +914,8 @@ export interface components {
             /** Format: date-time */
             readonly created_at: string;
             sha256: string;
-            source_labels?: unknown;
-            processing_error?: string;
+            source_labels: unknown;
+            processing_error: string;
             /** @description one per model version */
             predictions: components["schemas"]["Prediction"][];
             segmentations: components["schemas"]["Segmentation"][];
@@ -990,16 +1003,16 @@ export interface components {
         ExportJob: {
             readonly id: number;
             format: string;
-            params?: unknown;
-            status?: components["schemas"]["ExportJobStatusEnum"];
-            progress?: unknown;
-            n_cells?: number;
-            error?: string;
+            params: unknown;
+            status: components["schemas"]["ExportJobStatusEnum"];
+            progress: unknown;
+            n_cells: number;
+            error: string;
             requested_by: string | null;
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
-            finished_at?: string | null;
+            finished_at: string | null;
             readonly status_url: string;
             readonly download_url: string | null;
         };
@@ -1031,8 +1044,8 @@ export interface components {
         GoldCell: {
             cell: number;
             diff14: components["schemas"]["Diff14CodeEnum"];
-            note?: string;
-            marked_by?: string | null;
+            note: string;
+            marked_by: string | null;
             /** Format: date-time */
             marked_at: string;
             readonly thumbnail_url: string;
@@ -1040,7 +1053,7 @@ export interface components {
             case: string;
             case_id: number;
             /** @description the cell's current label, for comparison with the gold class */
-            current_label?: string | null;
+            current_label: string | null;
         };
         GoldGroup: {
             gold_cells: number;
@@ -1103,7 +1116,7 @@ export interface components {
             readonly annotator: string | null;
             /** Format: date-time */
             readonly created_at: string;
-            supersedes?: number | null;
+            supersedes: number | null;
         };
         /**
          * @description The base of every write body (and of every object nested in one).
@@ -1154,35 +1167,35 @@ export interface components {
             readonly id: number;
             name: string;
             arch: string;
-            status?: components["schemas"]["ModelVersionStatusEnum"];
-            image_size?: number;
+            status: components["schemas"]["ModelVersionStatusEnum"];
+            image_size: number;
             /** Format: double */
-            temperature?: number;
-            parent?: number | null;
-            triggered_by?: string;
+            temperature: number;
+            parent: number | null;
+            triggered_by: string;
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
-            promoted_at?: string | null;
+            promoted_at: string | null;
         };
         ModelVersionDetail: {
             readonly id: number;
             name: string;
             arch: string;
-            status?: components["schemas"]["ModelVersionStatusEnum"];
-            image_size?: number;
+            status: components["schemas"]["ModelVersionStatusEnum"];
+            image_size: number;
             /** Format: double */
-            temperature?: number;
-            parent?: number | null;
-            triggered_by?: string;
+            temperature: number;
+            parent: number | null;
+            triggered_by: string;
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
-            promoted_at?: string | null;
-            class_codes?: unknown;
-            metrics?: unknown;
-            per_class_tpr?: unknown;
-            training_snapshot?: unknown;
+            promoted_at: string | null;
+            class_codes: unknown;
+            metrics: unknown;
+            per_class_tpr: unknown;
+            training_snapshot: unknown;
         };
         /**
          * @description * `training` - Training
@@ -1208,13 +1221,13 @@ export interface components {
         NextManyOutput: {
             items: components["schemas"]["ReviewItem"][];
         };
-        PaginatedCaseList: {
+        PaginatedCaseListItemList: {
             count: number;
             /** Format: uri */
             next: string | null;
             /** Format: uri */
             previous: string | null;
-            results: components["schemas"]["Case"][];
+            results: components["schemas"]["CaseListItem"][];
         };
         PaginatedCellList: {
             count: number;
@@ -1255,45 +1268,6 @@ export interface components {
             /** Format: uri */
             previous: string | null;
             results: components["schemas"]["User"][];
-        };
-        /**
-         * @description The base of every write body (and of every object nested in one).
-         *
-         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
-         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
-         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
-         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
-         *     holds at every level (their errors are named ``params.epochs_finetune``).
-         */
-        PatchedRoutingConfigUpdateRequest: {
-            /** Format: double */
-            confidence_threshold?: number;
-            /** Format: double */
-            weak_class_tpr?: number;
-            /** Format: double */
-            audit_rate?: number;
-            strategy?: string;
-            lease_seconds?: number;
-            retrain_min_new_labels?: number;
-            /** @description independent reads for cells predicted abnormal (1-5) */
-            labels_required_abnormal?: number;
-            /**
-             * Format: double
-             * @description share of handed-out cells that are gold cells (0-0.5)
-             */
-            gold_rate?: number;
-        };
-        /**
-         * @description The base of every write body (and of every object nested in one).
-         *
-         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
-         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
-         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
-         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
-         *     holds at every level (their errors are named ``params.epochs_finetune``).
-         */
-        PatchedUserUpdateInputRequest: {
-            role?: components["schemas"]["RoleEnum"];
         };
         Prediction: {
             model_version: number;
@@ -1377,14 +1351,14 @@ export interface components {
         };
         ReviewItem: {
             readonly id: number;
-            status?: components["schemas"]["ReviewItemStatusEnum"];
-            reasons?: unknown;
+            status: components["schemas"]["ReviewItemStatusEnum"];
+            reasons: unknown;
             /** Format: double */
-            priority?: number;
-            flagged?: boolean;
+            priority: number;
+            flagged: boolean;
             /** Format: date-time */
-            lease_expires_at?: string | null;
-            model_version?: number | null;
+            lease_expires_at: string | null;
+            model_version: number | null;
             /** @description the prediction of the model version that queued the cell */
             readonly suggestion: {
                 [key: string]: unknown;
@@ -1395,15 +1369,15 @@ export interface components {
         };
         ReviewItemBrief: {
             readonly id: number;
-            status?: components["schemas"]["ReviewItemStatusEnum"];
-            reasons?: unknown;
+            status: components["schemas"]["ReviewItemStatusEnum"];
+            reasons: unknown;
             /** Format: double */
-            priority?: number;
-            flagged?: boolean;
+            priority: number;
+            flagged: boolean;
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
-            closed_at?: string | null;
+            closed_at: string | null;
         };
         /**
          * @description * `queued` - Queued
@@ -1425,29 +1399,56 @@ export interface components {
         RoleEnum: "hematologist" | "senior_hematologist" | "admin" | "data_scientist";
         RoutingConfig: {
             /** Format: double */
+            confidence_threshold: number;
+            /** Format: double */
+            weak_class_tpr: number;
+            /** Format: double */
+            audit_rate: number;
+            strategy: string;
+            lease_seconds: number;
+            retrain_min_new_labels: number;
+            labels_required_abnormal: number;
+            /** Format: double */
+            gold_rate: number;
+            /** Format: date-time */
+            readonly updated_at: string;
+        };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        RoutingConfigUpdateRequest: {
+            /** Format: double */
             confidence_threshold?: number;
             /** Format: double */
             weak_class_tpr?: number;
             /** Format: double */
             audit_rate?: number;
-            strategy?: string;
+            strategy?: components["schemas"]["StrategyEnum"];
             lease_seconds?: number;
             retrain_min_new_labels?: number;
+            /** @description independent reads for cells predicted abnormal (1-5) */
             labels_required_abnormal?: number;
-            /** Format: double */
+            /**
+             * Format: double
+             * @description share of handed-out cells that are gold cells (0-0.5)
+             */
             gold_rate?: number;
-            /** Format: date-time */
-            readonly updated_at: string;
         };
         Segmentation: {
             readonly id: number;
             method_version: string;
             status: components["schemas"]["SegmentationStatusEnum"];
             /** Format: double */
-            quality?: number;
-            failure_reason?: string;
-            wbc_area?: number | null;
-            nucleus_area?: number | null;
+            quality: number;
+            failure_reason: string;
+            wbc_area: number | null;
+            nucleus_area: number | null;
             readonly mask_url: string | null;
             /** Format: date-time */
             readonly created_at: string;
@@ -1465,6 +1466,17 @@ export interface components {
          * @enum {string}
          */
         SourceEnum: "imported" | "hematologist" | "adjudicated";
+        /**
+         * @description * `random` - random
+         *     * `least_confidence` - least_confidence
+         *     * `margin` - margin
+         *     * `entropy` - entropy
+         *     * `weak_class` - weak_class
+         *     * `kcenter` - kcenter
+         *     * `default` - default
+         * @enum {string}
+         */
+        StrategyEnum: "random" | "least_confidence" | "margin" | "entropy" | "weak_class" | "kcenter" | "default";
         /**
          * @description The base of every write body (and of every object nested in one).
          *
@@ -1495,21 +1507,21 @@ export interface components {
         TrainingJob: {
             readonly id: number;
             trigger: components["schemas"]["TriggerEnum"];
-            status?: components["schemas"]["TrainingJobStatusEnum"];
-            progress?: unknown;
-            error?: string;
-            params?: unknown;
-            result_version?: number | null;
-            result_version_name?: string | null;
-            created_by?: string | null;
+            status: components["schemas"]["TrainingJobStatusEnum"];
+            progress: unknown;
+            error: string;
+            params: unknown;
+            result_version: number | null;
+            result_version_name: string | null;
+            created_by: string | null;
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
-            started_at?: string | null;
+            started_at: string | null;
             /** Format: date-time */
-            finished_at?: string | null;
+            finished_at: string | null;
             /** Format: date-time */
-            heartbeat_at?: string | null;
+            heartbeat_at: string | null;
         };
         /**
          * @description The base of every write body (and of every object nested in one).
@@ -1527,22 +1539,22 @@ export interface components {
         TrainingJobDetail: {
             readonly id: number;
             trigger: components["schemas"]["TriggerEnum"];
-            status?: components["schemas"]["TrainingJobStatusEnum"];
-            progress?: unknown;
-            error?: string;
-            params?: unknown;
-            result_version?: number | null;
-            result_version_name?: string | null;
-            created_by?: string | null;
+            status: components["schemas"]["TrainingJobStatusEnum"];
+            progress: unknown;
+            error: string;
+            params: unknown;
+            result_version: number | null;
+            result_version_name: string | null;
+            created_by: string | null;
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
-            started_at?: string | null;
+            started_at: string | null;
             /** Format: date-time */
-            finished_at?: string | null;
+            finished_at: string | null;
             /** Format: date-time */
-            heartbeat_at?: string | null;
-            log_tail?: string;
+            heartbeat_at: string | null;
+            log_tail: string;
         };
         /**
          * @description * `queued` - Queued
@@ -1566,17 +1578,12 @@ export interface components {
          */
         TriggerEnum: "schedule" | "admin" | "api";
         /**
-         * @description The base of every write body (and of every object nested in one).
-         *
-         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
-         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
-         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
-         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
-         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         * @description The body as the schema shows it: at least one file. The view leaves that check
+         *     to ``cells_upload``, whose 400 ``no_files`` says what to attach.
          */
         UploadInputRequest: {
             /** @description images (JPEG, PNG, BMP, TIFF) or one .zip */
-            files?: string[];
+            files: string[];
             /** @description accession id of the case to add to */
             case?: string;
             /**
@@ -1644,6 +1651,18 @@ export interface components {
             password: string;
             role: components["schemas"]["RoleEnum"];
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        UserUpdateInputRequest: {
+            role: components["schemas"]["RoleEnum"];
+        };
     };
     responses: never;
     parameters: never;
@@ -1670,6 +1689,42 @@ export interface operations {
                     "application/json": components["schemas"]["AdjudicationItem"][];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     adjudication_decide_create: {
@@ -1684,8 +1739,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["DecideInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["DecideInputRequest"];
-                "multipart/form-data": components["schemas"]["DecideInputRequest"];
             };
         };
         responses: {
@@ -1695,6 +1748,78 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Label"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -1718,6 +1843,42 @@ export interface operations {
                     };
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     auth_me_retrieve: {
@@ -1737,6 +1898,42 @@ export interface operations {
                     "application/json": components["schemas"]["User"];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     auth_token_create: {
@@ -1749,8 +1946,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["TokenObtainInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["TokenObtainInputRequest"];
-                "multipart/form-data": components["schemas"]["TokenObtainInputRequest"];
             };
         };
         responses: {
@@ -1760,6 +1955,42 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Token"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -1781,6 +2012,60 @@ export interface operations {
                     "application/json": components["schemas"]["TokenRevoked"];
                 };
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     cases_list: {
@@ -1800,6 +2085,10 @@ export interface operations {
                  *     * `signed_off` - Signed off
                  */
                 status?: "new" | "in_review" | "signed_off";
+                /** @description Number of results to return per page (at most 500; default 50). */
+                limit?: number;
+                /** @description The initial index from which to return the results. */
+                offset?: number;
             };
             header?: never;
             path?: never;
@@ -1812,7 +2101,52 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["PaginatedCaseList"];
+                    "application/json": components["schemas"]["PaginatedCaseListItemList"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -1827,8 +2161,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["CaseCreateInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["CaseCreateInputRequest"];
-                "multipart/form-data": components["schemas"]["CaseCreateInputRequest"];
             };
         };
         responses: {
@@ -1838,6 +2170,69 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Case"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -1861,6 +2256,51 @@ export interface operations {
                     "application/json": components["schemas"]["CaseDetail"];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     cases_sign_off_create: {
@@ -1880,6 +2320,78 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Case"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -1943,6 +2455,10 @@ export interface operations {
                 predicted?: "NE" | "LY" | "MO" | "EO" | "BA" | "ME" | "MY" | "PR" | "LR" | "LA" | "BL" | "PC" | "NR" | "AR";
                 /** @description a reason of the cell's open review item */
                 queue_reason?: string;
+                /** @description Number of results to return per page (at most 500; default 50). */
+                limit?: number;
+                /** @description The initial index from which to return the results. */
+                offset?: number;
             };
             header?: never;
             path?: never;
@@ -1956,6 +2472,51 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PaginatedCellList"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -1977,6 +2538,51 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["CellDetail"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2001,7 +2607,43 @@ export interface operations {
                     "image/*": string;
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2030,6 +2672,51 @@ export interface operations {
                     "application/json": components["schemas"]["Label"][];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     cells_labels_create: {
@@ -2044,8 +2731,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["LabelCreateInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["LabelCreateInputRequest"];
-                "multipart/form-data": components["schemas"]["LabelCreateInputRequest"];
             };
         };
         responses: {
@@ -2055,6 +2740,69 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Label"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2079,7 +2827,43 @@ export interface operations {
                     "image/*": string;
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2096,7 +2880,7 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody?: {
+        requestBody: {
             content: {
                 "multipart/form-data": components["schemas"]["UploadInputRequest"];
             };
@@ -2118,11 +2902,61 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     export_jobs_list: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Number of results to return per page (at most 500; default 50). */
+                limit?: number;
+                /** @description The initial index from which to return the results. */
+                offset?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2135,6 +2969,51 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PaginatedExportJobList"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2156,6 +3035,51 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ExportJob"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2180,6 +3104,24 @@ export interface operations {
                     "application/zip": string;
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2189,6 +3131,24 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2281,6 +3241,42 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     gold_list: {
@@ -2300,6 +3296,42 @@ export interface operations {
                     "application/json": components["schemas"]["GoldCell"][];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     gold_create: {
@@ -2312,8 +3344,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["GoldMarkInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["GoldMarkInputRequest"];
-                "multipart/form-data": components["schemas"]["GoldMarkInputRequest"];
             };
         };
         responses: {
@@ -2323,6 +3353,69 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["GoldCell"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2345,6 +3438,69 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     gold_performance_retrieve: {
@@ -2364,6 +3520,42 @@ export interface operations {
                     "application/json": components["schemas"]["GoldPerformance"];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     model_versions_list: {
@@ -2377,6 +3569,10 @@ export interface operations {
                  *     * `failed` - Failed
                  */
                 status?: "training" | "candidate" | "active" | "retired" | "failed";
+                /** @description Number of results to return per page (at most 500; default 50). */
+                limit?: number;
+                /** @description The initial index from which to return the results. */
+                offset?: number;
             };
             header?: never;
             path?: never;
@@ -2390,6 +3586,51 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PaginatedModelVersionList"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2413,6 +3654,51 @@ export interface operations {
                     "application/json": components["schemas"]["ModelVersionDetail"];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     model_versions_promote_create: {
@@ -2427,8 +3713,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PromoteInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PromoteInputRequest"];
-                "multipart/form-data": components["schemas"]["PromoteInputRequest"];
             };
         };
         responses: {
@@ -2438,6 +3722,78 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ModelVersionDetail"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2459,6 +3815,78 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ModelVersionDetail"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2485,6 +3913,60 @@ export interface operations {
                     };
                 };
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     queue_counts_retrieve: {
@@ -2504,6 +3986,42 @@ export interface operations {
                     "application/json": components["schemas"]["QueueCounts"];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     queue_items_flag_create: {
@@ -2518,8 +4036,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["FlagInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["FlagInputRequest"];
-                "multipart/form-data": components["schemas"]["FlagInputRequest"];
             };
         };
         responses: {
@@ -2529,6 +4045,78 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ReviewItem"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2551,6 +4139,78 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     queue_items_skip_create: {
@@ -2571,6 +4231,78 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     queue_items_submit_create: {
@@ -2585,8 +4317,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["SubmitInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["SubmitInputRequest"];
-                "multipart/form-data": components["schemas"]["SubmitInputRequest"];
             };
         };
         responses: {
@@ -2596,6 +4326,78 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Label"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2610,8 +4412,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["NextInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["NextInputRequest"];
-                "multipart/form-data": components["schemas"]["NextInputRequest"];
             };
         };
         responses: {
@@ -2630,6 +4430,60 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     queue_release_create: {
@@ -2642,8 +4496,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["ReleaseManyInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["ReleaseManyInputRequest"];
-                "multipart/form-data": components["schemas"]["ReleaseManyInputRequest"];
             };
         };
         responses: {
@@ -2653,6 +4505,60 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ReleaseManyOutput"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2674,6 +4580,42 @@ export interface operations {
                     "application/json": components["schemas"]["RoutingConfig"];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     routing_config_partial_update: {
@@ -2685,9 +4627,7 @@ export interface operations {
         };
         requestBody?: {
             content: {
-                "application/json": components["schemas"]["PatchedRoutingConfigUpdateRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PatchedRoutingConfigUpdateRequest"];
-                "multipart/form-data": components["schemas"]["PatchedRoutingConfigUpdateRequest"];
+                "application/json": components["schemas"]["RoutingConfigUpdateRequest"];
             };
         };
         responses: {
@@ -2697,6 +4637,60 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RoutingConfig"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2721,7 +4715,43 @@ export interface operations {
                     "image/*": string;
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2733,7 +4763,12 @@ export interface operations {
     };
     training_jobs_list: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Number of results to return per page (at most 500; default 50). */
+                limit?: number;
+                /** @description The initial index from which to return the results. */
+                offset?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2748,6 +4783,51 @@ export interface operations {
                     "application/json": components["schemas"]["PaginatedTrainingJobList"];
                 };
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     training_jobs_create: {
@@ -2760,8 +4840,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["TrainingJobCreateInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["TrainingJobCreateInputRequest"];
-                "multipart/form-data": components["schemas"]["TrainingJobCreateInputRequest"];
             };
         };
         responses: {
@@ -2771,6 +4849,69 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TrainingJobDetail"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -2794,6 +4935,51 @@ export interface operations {
                     "application/json": components["schemas"]["TrainingJobDetail"];
                 };
             };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     training_jobs_cancel_create: {
@@ -2815,11 +5001,88 @@ export interface operations {
                     "application/json": components["schemas"]["TrainingJobDetail"];
                 };
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     users_list: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Number of results to return per page (at most 500; default 50). */
+                limit?: number;
+                /** @description The initial index from which to return the results. */
+                offset?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2834,6 +5097,51 @@ export interface operations {
                     "application/json": components["schemas"]["PaginatedUserList"];
                 };
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     users_create: {
@@ -2846,8 +5154,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["UserCreateInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["UserCreateInputRequest"];
-                "multipart/form-data": components["schemas"]["UserCreateInputRequest"];
             };
         };
         responses: {
@@ -2859,7 +5165,61 @@ export interface operations {
                     "application/json": components["schemas"]["User"];
                 };
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2878,11 +5238,9 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: {
+        requestBody: {
             content: {
-                "application/json": components["schemas"]["PatchedUserUpdateInputRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PatchedUserUpdateInputRequest"];
-                "multipart/form-data": components["schemas"]["PatchedUserUpdateInputRequest"];
+                "application/json": components["schemas"]["UserUpdateInputRequest"];
             };
         };
         responses: {
@@ -2894,7 +5252,70 @@ export interface operations {
                     "application/json": components["schemas"]["User"];
                 };
             };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2921,6 +5342,69 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TokenRevoked"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
