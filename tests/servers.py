@@ -58,6 +58,22 @@ def uvicorn_server(
             **(extra_env or {}),
         },
     )
+    with serve(env, log, port=port, probe_timeout=probe_timeout, any_status=any_status) as url:
+        yield url
+
+
+@contextmanager
+def serve(
+    env: dict[str, str],
+    log: Path,
+    *,
+    port: int | None = None,
+    probe_timeout: float = 2,
+    any_status: bool = False,
+) -> Iterator[str]:
+    """uvicorn with exactly ``env`` (any database and broker, or none: the embedded
+    default), its output in ``log``; yields the base URL once /health/ answers."""
+    port = port or free_port()
     cmd = [
         sys.executable, "-m", "uvicorn", "wbcportal.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",

@@ -18,6 +18,18 @@ from tests.e2e.conftest import PASSWORD, wait_until
 PBC_CLASSES = ("NE", "LY", "MO", "EO", "BA", "MY", "ME", "PR", "NR")
 
 
+def predict_ly_and_route(cells: list[CellImage], version: ModelVersion) -> None:
+    """Every cell predicted LY at 0.7 (below the seeds' 0.99 threshold), then routed."""
+    for cell in cells:
+        probs = [0.3 / 13] * len(CODES)
+        probs[CODES.index("LY")] = 0.7
+        Prediction.objects.create(
+            cell=cell, model_version=version, probabilities=probs, top_code="LY",
+            confidence=0.7, margin=0.6, entropy=1.0,
+        )  # fmt: skip
+    cells_route(cell_ids=[c.pk for c in cells], version=version)
+
+
 def users() -> None:
     user_create_with_role(username="hema", password=PASSWORD, role="hematologist")
     user_create_with_role(username="boss", password=PASSWORD, role="admin")
@@ -83,14 +95,7 @@ def double_read_case(tmp_path: Path, shared_data: Path, reads: dict[str, list[st
         per_class_tpr=dict.fromkeys(CODES, 0.95),
     )  # fmt: skip
     cells = list(CellImage.objects.filter(case=case).order_by("id"))
-    for cell in cells:
-        probs = [0.3 / 13] * len(CODES)
-        probs[CODES.index("LY")] = 0.7
-        Prediction.objects.create(
-            cell=cell, model_version=version, probabilities=probs, top_code="LY",
-            confidence=0.7, margin=0.6, entropy=1.0,
-        )  # fmt: skip
-    cells_route(cell_ids=[c.pk for c in cells], version=version)
+    predict_ly_and_route(cells, version)
     position = {cell.pk: i for i, cell in enumerate(cells)}
     for name, codes in reads.items():
         reader = user_create_with_role(username=name, password=PASSWORD, role="hematologist")

@@ -26,8 +26,7 @@ import pytest
 
 from tests.e2e.conftest import PASSWORD, api_json, screenshot, sign_in, wait_until
 from tests.paths import REPO_ROOT
-from tests.processes import stop_process
-from tests.servers import free_port
+from tests.servers import serve
 
 # Settings the test run itself uses that the embedded default must not see.
 NOT_EMBEDDED = ("DATABASE_URL", "REDIS_URL", "WBC_DB_POOL", "MEDIA_ROOT", "WBC_DATA_DIR")
@@ -63,13 +62,14 @@ def seed_leases(tmp: Path, shared_data: Path) -> None:
     """Three hematologists holding four leases each, and their API tokens in tokens.json."""
     from rest_framework.authtoken.models import Token
 
-    from annotation.models import CellImage, ModelVersion, Prediction
+    from annotation.models import CellImage, ModelVersion
     from annotation.services.imports import cells_import
     from annotation.services.review_queue import review_items_next
-    from annotation.services.routing import cells_route, routing_config_update
+    from annotation.services.routing import routing_config_update
     from annotation.services.users import user_create_with_role
     from mlworker.taxonomy import CODES
     from tests.annotation.helpers import copy_files, first_images
+    from tests.e2e.seed import predict_ly_and_route
 
     copy_files(first_images(shared_data / "pbc" / "LY", 12), tmp / "cells")
     cells_import(source=tmp / "cells", case_name="LEASES-1", enqueue_processing=False)
@@ -77,15 +77,7 @@ def seed_leases(tmp: Path, shared_data: Path) -> None:
     version = ModelVersion.objects.create(
         name="seed-v1", arch="resnet18", class_codes=list(CODES), status="active"
     )
-    cells = list(CellImage.objects.order_by("id"))
-    for cell in cells:
-        probs = [0.3 / 13] * len(CODES)
-        probs[CODES.index("LY")] = 0.7
-        Prediction.objects.create(
-            cell=cell, model_version=version, probabilities=probs, top_code="LY",
-            confidence=0.7, margin=0.6, entropy=1.0,
-        )  # fmt: skip
-    cells_route(cell_ids=[c.pk for c in cells], version=version)
+    predict_ly_and_route(list(CellImage.objects.order_by("id")), version)
     tokens = {}
     for name in ("hema1", "hema2", "hema3"):
         user = user_create_with_role(username=name, password=PASSWORD, role="hematologist")
@@ -120,21 +112,9 @@ def embedded_site(
         f"seed(Path({str(tmp)!r}), Path({str(shared_data)!r}))"
     )
     _run([sys.executable, "-c", code], env, f"seeding ({seed.__name__})")
-    port = free_port()
-    log = tmp / "server.log"
-    cmd = [
-        sys.executable, "-m", "uvicorn", "wbcportal.asgi:application",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=fh, stderr=fh)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _health(url) or proc.poll() is not None, 60, "the server", log)
-        assert proc.poll() is None, log.read_text()[-3000:]
+    with serve(env, tmp / "server.log") as url:
+        assert _health(url)
         yield url
-    finally:
-        stop_process(proc, timeout=15)
 
 
 def _health(url: str) -> bool:
