@@ -82,6 +82,8 @@ def guard_comparison(candidate: ModelVersion, active: ModelVersion | None) -> di
       least ``MIN_CLASS_N_TO_JUDGE`` evaluation cells, and the one-sided exact McNemar test
       on its discordant cells gives p < ``PAIRED_P_THRESHOLD`` ("PR TPR 14/20 -> 9/20,
       p = 0.03"). Classes with fewer cells are listed in ``unjudged`` and never block.
+    - an evaluation set of fewer than ``MIN_CLASS_N_TO_JUDGE`` cells in all judges nothing,
+      so it blocks (an admin may force).
     - balanced accuracy keeps its rule "must not drop", with the same paired test over all
       evaluation cells: a drop blocks only when the candidate is also significantly worse
       on the cells as a whole. Balanced accuracy is a mean of per-class TPRs and has no
@@ -113,6 +115,13 @@ def guard_comparison(candidate: ModelVersion, active: ModelVersion | None) -> di
     balanced["paired"] = overall
     if cb is None or ab is None:
         reasons.append("balanced accuracy missing for one of the versions")
+    elif not overall["judged"]:
+        # Nothing on so few cells is unlikely to be noise, a collapse included: an admin
+        # decides (force) until the evaluation set has grown.
+        reasons.append(
+            f"the evaluation set has {overall['n']} cells, too few to judge "
+            f"(at least {MIN_CLASS_N_TO_JUDGE})"
+        )
     elif cb < ab and overall["judged"] and overall["p"] < PAIRED_P_THRESHOLD:
         reasons.append(
             f"balanced accuracy drops from {ab:.3f} to {cb:.3f} (all cells "

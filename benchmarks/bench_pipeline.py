@@ -39,9 +39,11 @@ def prepare_database(name: str) -> str:
     return f"{root}/{name}"
 
 
-def worker(queue: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def worker(
+    queue: str, env: dict[str, str], log: Path, loglevel: str = "WARNING"
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "celery", "-A", "wbcportal", "worker", "-Q", queue,
-           "--pool", "solo", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"]  # fmt: skip
+           "--pool", "solo", "--without-gossip", "--without-mingle", "--loglevel", loglevel]  # fmt: skip
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

@@ -179,8 +179,69 @@ class WBCClassifier(nn.Module):
         if self.family == "resnet":
             return [self.backbone.layer4]  # type: ignore[list-item]
         blocks = list(self.backbone._blocks)
-        last_down = max(i for i, b in enumerate(blocks) if max(b._depthwise_conv.stride) > 1)
-        return [*blocks[last_down:], self.backbone._conv_head, self.backbone._bn1]
+        return [*blocks[self._last_down() :], self.backbone._conv_head, self.backbone._bn1]
+
+    def _last_down(self, stages: int = 1) -> int:
+        """Index of the block that starts the ``stages``-th stage from the end (a stage
+        starts at a stride-2 block)."""
+        blocks = list(self.backbone._blocks)
+        downs = [i for i, b in enumerate(blocks) if max(b._depthwise_conv.stride) > 1]
+        return downs[-min(stages, len(downs))]
+
+    def _resnet_layers(self) -> list[nn.Module]:
+        b: Any = self.backbone
+        return [b.layer1, b.layer2, b.layer3, b.layer4]
+
+    def tail_modules(self, stages: int = 1) -> list[nn.Module]:
+        """The backbone's last ``stages`` stages (1: ``last_stage_modules``), the part a
+        cached-trunk retrain trains with the head."""
+        if stages < 1:
+            raise ValueError("a tail has at least one stage")
+        if self.family == "resnet":
+            return self._resnet_layers()[-min(stages, 4) :]
+        blocks = list(self.backbone._blocks)
+        return [*blocks[self._last_down(stages) :], self.backbone._conv_head, self.backbone._bn1]
+
+    def trunk_modules(self, stages: int = 1) -> list[nn.Module]:
+        """Everything before ``tail_modules(stages)`` (what a cached-trunk retrain freezes)."""
+        b: Any = self.backbone
+        if self.family == "resnet":
+            return [b.conv1, b.bn1, *self._resnet_layers()[: 4 - min(stages, 4)]]
+        return [b._conv_stem, b._bn0, *list(b._blocks)[: self._last_down(stages)]]
+
+    def forward_trunk(self, x: torch.Tensor, stages: int = 1) -> torch.Tensor:
+        """The activations entering the last ``stages`` stages;
+        ``forward_tail(forward_trunk(x, n), n)`` equals ``forward(x)``."""
+        b: Any = self.backbone
+        if self.family == "resnet":
+            x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+            for layer in self._resnet_layers()[: 4 - min(stages, 4)]:
+                x = layer(x)
+            return x
+        x = b._swish(b._bn0(b._conv_stem(x)))
+        for idx, block in enumerate(list(b._blocks)[: self._last_down(stages)]):
+            x = block(x, drop_connect_rate=self._drop_connect(idx))
+        return x
+
+    def forward_tail(self, a: torch.Tensor, stages: int = 1) -> torch.Tensor:
+        """Logits from the activations ``forward_trunk(x, stages)`` returns (the last
+        ``stages`` stages, pooling and the head)."""
+        b: Any = self.backbone
+        if self.family == "resnet":
+            x = a
+            for layer in self._resnet_layers()[-min(stages, 4) :]:
+                x = layer(x)
+            return self.fc(torch.flatten(b.avgpool(x), 1))  # type: ignore[no-any-return]
+        start = self._last_down(stages)
+        x = a
+        for idx, block in enumerate(list(b._blocks)[start:], start=start):
+            x = block(x, drop_connect_rate=self._drop_connect(idx))
+        x = b._swish(b._bn1(b._conv_head(x)))
+        return self.fc(torch.flatten(b._avg_pooling(x), 1))  # type: ignore[no-any-return]
+
+    def _drop_connect(self, idx: int) -> float | None:
+        rate = self.backbone._global_params.drop_connect_rate
+        return rate * float(idx) / len(self.backbone._blocks) if rate else rate
 
 
 def new_classifier(arch: str, num_classes: int) -> WBCClassifier:

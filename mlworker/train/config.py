@@ -70,6 +70,10 @@ class TrainConfig:
     stain_jitter: float = 0.0
     calibrate: bool = True
     init_from_checkpoint: bool = True
+    cached_trunk: bool = False
+    adapt_bn: bool = False
+    tail_stages: int = 1
+    trunk_cache: str | None = None
     seed: int = 0
     device: str | None = None
     precision: str = "auto"
@@ -304,6 +308,29 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="skip temperature scaling on the validation split",
     )
     stages.add_argument(
+        "--cached-trunk",
+        action=argparse.BooleanOptionalAction,
+        default=d.cached_trunk,
+        help="retraining: run the frozen trunk once per cell and view, cache what enters "
+        "the last stage and retrain the last stage and head on it (--epochs-finetune "
+        "epochs, no weak pass; mlworker/train/cached.py)",
+    )
+    stages.add_argument(
+        "--tail-stages",
+        type=_positive_int,
+        default=d.tail_stages,
+        help="cached-trunk retraining: how many of the backbone's last stages retrain with "
+        "the head (1: the last stage, as --finetune-scope layer4; the trunk before them is "
+        "cached)",
+    )
+    stages.add_argument(
+        "--adapt-bn",
+        action=argparse.BooleanOptionalAction,
+        default=d.adapt_bn,
+        help="cached-trunk retraining: re-estimate the trunk's BatchNorm statistics on the "
+        "site's own cells first (AdaBN)",
+    )
+    stages.add_argument(
         "--from-scratch",
         dest="init_from_checkpoint",
         action="store_false",
@@ -386,6 +413,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "the set fits in this many MB (0: decode every epoch)",
     )
     run.add_argument(
+        "--trunk-cache",
+        default=d.trunk_cache,
+        help="cached-trunk retraining: keep the trunk activations in this folder, under "
+        "the trunk's fingerprint, for the next retrain (default: memory only)",
+    )
+    run.add_argument(
         "--val-every",
         type=_positive_int,
         default=d.val_every,
@@ -410,10 +443,14 @@ def retraining_defaults(checkpoint: Checkpoint) -> dict[str, Any]:
         "tta": checkpoint_tta(checkpoint),
         "weights": "none",  # the backbone comes from the checkpoint itself
         "epochs_head": 0,
-        "epochs_finetune": 10,  # from a trained model, not from ImageNet features
+        # The final layers retrain on cached trunk activations (mlworker/train/cached.py):
+        # seconds per epoch, so a retrain can follow every round of labels. Chosen with
+        # benchmarks/bench_loop.py and the probes in docs/benchmarks.md ("learning loop").
+        "cached_trunk": True,
+        "epochs_finetune": 20,
         "finetune_scope": "layer4",
-        "epochs_weak": 5,
-        "lr": 0.001,
+        "epochs_weak": 0,
+        "lr": 0.003,
     }
 
 

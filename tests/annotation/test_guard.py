@@ -135,6 +135,19 @@ def test_the_minimum_n_is_a_line_the_guard_draws() -> None:
     n = MIN_CLASS_N_TO_JUDGE
     candidate, active = _pair({"NE": _row(n, n, 0, n)}, candidate_ba=0.0, active_ba=1.0)
     assert not guard_comparison(candidate, active)["passes"]
-    candidate, active = _pair({"NE": _row(n - 1, n - 1, 0, n - 1)}, candidate_ba=0.0, active_ba=1.0)
+    # A class below the line never blocks by itself ...
+    candidate, active = _pair(
+        {"NE": _row(n - 1, n - 1, 0, n - 1), "LY": _row(n, 0, n, 0)},
+        candidate_ba=0.5,
+        active_ba=0.5,
+    )
     guard = guard_comparison(candidate, active)
     assert guard["passes"] and guard["unjudged"] == [{"code": "NE", "n": n - 1}]
+    # ... but an evaluation set below it in all judges nothing, a collapse included: it
+    # blocks, and an admin decides (force).
+    candidate, active = _pair({"NE": _row(n - 1, n - 1, 0, n - 1)}, candidate_ba=0.0, active_ba=1.0)
+    guard = guard_comparison(candidate, active)
+    assert not guard["passes"] and guard["unjudged"] == [{"code": "NE", "n": n - 1}]
+    assert guard["reasons"] == [
+        f"the evaluation set has {n - 1} cells, too few to judge (at least {n})"
+    ]

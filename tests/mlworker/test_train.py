@@ -445,7 +445,9 @@ def test_parse_train_config_defaults_follow_the_paper_and_retraining() -> None:
     assert (retrain.arch, retrain.image_size, retrain.epochs_head) == ("resnet18", 32, 0)
     assert retrain.finetune_scope == "layer4" and retrain.epochs_finetune == 3
     defaults = parse_train_config([], init_checkpoint=start)  # type: ignore[arg-type]
-    assert (defaults.epochs_finetune, defaults.epochs_weak, defaults.lr) == (10, 5, 0.001)
+    # retraining defaults: the cached-trunk fine-tune of the last stage (mlworker/training.md)
+    assert (defaults.epochs_finetune, defaults.epochs_weak, defaults.lr) == (20, 0, 0.003)
+    assert defaults.cached_trunk and not paper.cached_trunk
     assert parse_train_config(["--image-size", "64"], init_checkpoint=start).image_size == 64  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unrecognized arguments"):
         parse_train_config(["--no-such-flag"])

@@ -26,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.errors import ApplicationError
-from annotation.models import Label, ModelVersion, TrainingJob
+from annotation.models import CellImage, Label, ModelVersion, TrainingJob
 from annotation.services.training.dataset import (
     LabelledCell,
     evaluation_set_get_or_create,
@@ -73,7 +73,23 @@ def training_job_start_from_task(*, job_id: int, task_id: str, redelivered: bool
 
 
 def _retrain_args(job: TrainingJob) -> list[str]:
-    return shlex.split(settings.WBC_RETRAIN_ARGS) + [str(a) for a in job.params.get("args", [])]
+    args = shlex.split(settings.WBC_RETRAIN_ARGS) + [str(a) for a in job.params.get("args", [])]
+    if settings.WBC_TRUNK_CACHE_DIR and not any(a.startswith("--trunk-cache") for a in args):
+        args += ["--trunk-cache", str(settings.WBC_TRUNK_CACHE_DIR)]
+    return args
+
+
+def _site_cells(scratch: Path) -> list[Sample]:
+    """Every readable cell of this site, labelled or not: what ``--adapt-bn`` estimates
+    the BatchNorm statistics on."""
+    from mlworker.data import Sample
+
+    names = (
+        CellImage.objects.exclude(processing=CellImage.Processing.FAILED)
+        .order_by("id")
+        .values_list("image", flat=True)
+    )
+    return [Sample(path=storage_path_for_training(name=n, scratch=scratch)) for n in names]
 
 
 def _evaluate_pair(
@@ -191,7 +207,19 @@ def training_job_run(*, job_id: int) -> TrainingJob:
                     "log": f"{len(train)} training cells, {len(val)} evaluation cells",
                 }
             )
-            result = fit(train, val, config, init_checkpoint=init, progress=report)
+            if config.cached_trunk and init is not None and config.init_from_checkpoint:
+                from mlworker.train.cached import fit_cached
+
+                result = fit_cached(
+                    train,
+                    val,
+                    config,
+                    init_checkpoint=init,
+                    adapt=_site_cells(scratch) if config.adapt_bn else (),
+                    progress=report,
+                )
+            else:
+                result = fit(train, val, config, init_checkpoint=init, progress=report)
             report(
                 {
                     "stage": "evaluating",

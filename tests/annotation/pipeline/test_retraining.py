@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import mlworker.train
+import mlworker.train.cached
 from annotation.models import EvaluationSet, ModelVersion, TrainingJob
 from annotation.rules import MIN_CLASS_N_TO_JUDGE
 from annotation.services.imports import cells_import
@@ -117,7 +118,8 @@ def test_a_job_cancelled_during_training_stops_without_a_version(
 ) -> None:
     active = active_version(tmp_path)
     import_labelled(shared_data, tmp_path)
-    real_fit = mlworker.train.fit
+    # the product's default retraining is the cached-trunk one (mlworker/train/cached.py)
+    real_fit = mlworker.train.cached.fit_cached
     seen: list[dict[str, Any]] = []
 
     def fit_cancelled_by_a_user(*args: Any, progress: Any, **kwargs: Any) -> Any:
@@ -130,7 +132,7 @@ def test_a_job_cancelled_during_training_stops_without_a_version(
 
         return real_fit(*args, progress=cancel_then_report, **kwargs)
 
-    monkeypatch.setattr(mlworker.train, "fit", fit_cancelled_by_a_user)
+    monkeypatch.setattr(mlworker.train.cached, "fit_cached", fit_cancelled_by_a_user)
     job = run_job(["--epochs-finetune", "3", *TINY_ARGS[2:]])
     assert job.status == "cancelled" and job.lock is None and job.result_version is None
     assert seen[-1]["stage"] == "finetune", "training went on after the cancel"
