@@ -5,9 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := docker-compose chromium
+APT_PACKAGES := docker-compose chromium libpango-1.0-0 libpangoft2-1.0-0
 
-.PHONY: setup apt frontend run test lint typecheck format migrate demo demo-model bench train-cpu clean
+.PHONY: setup apt frontend run test lint typecheck format migrate demo demo-model bench bench-loop train-cpu clean
 
 setup: $(VENV)/.installed apt frontend
 
@@ -62,6 +62,11 @@ typecheck:
 test: lint typecheck
 	@set -e; eval "$$($(PY) scripts/service_env.py)"; \
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The learning loop through the product (docs/benchmarks.md, "Learning loop"): about 20 minutes.
+bench-loop: setup
+	@set -e; eval "$$($(PY) scripts/service_env.py)"; \
+	$(PY) benchmarks/bench_loop.py --rounds 5 --batch 100 --out runs/bench/loop
 
 # Every benchmark, each next to its baseline; rewrites the table in docs/benchmarks.md.
 bench: setup

@@ -336,4 +336,44 @@ WBC_SCORE_BATCH = int(os.environ.get("WBC_SCORE_BATCH", 64))
 # "--epochs-finetune 3 --epochs-weak 1".
 WBC_RETRAIN_ARGS = os.environ.get("WBC_RETRAIN_ARGS", "")
 WBC_RETRAIN_CRON = os.environ.get("WBC_RETRAIN_CRON", "0 2 * * *")  # nightly at 02:00
+# Cached-trunk retraining keeps the frozen trunk's activations here, per trunk fingerprint,
+# so the next retrain skips decoding and the trunk (mlworker/train/cached.py); "" = memory only.
+WBC_TRUNK_CACHE_DIR = os.environ.get("WBC_TRUNK_CACHE_DIR", str(DATA_DIR / "trunk-cache"))
 WBC_TRAINING_HEARTBEAT_TIMEOUT = int(os.environ.get("WBC_TRAINING_HEARTBEAT_TIMEOUT", 600))
+# Scoring engine of this worker (docs/cpu-scoring.md): "torch" (the reference; GPU or CPU),
+# "onnx" (the model exported to ONNX, run with ONNX Runtime: CPU workers) or "onnx-int8"
+# (the same, quantised to int8 with calibration cells). The export is made on first use
+# of a version in each worker and kept in WBC_ONNX_CACHE_DIR; if it fails, torch scores.
+WBC_SCORING_ENGINE = os.environ.get("WBC_SCORING_ENGINE", "torch")
+if WBC_SCORING_ENGINE not in ("torch", "onnx", "onnx-int8"):
+    raise ImproperlyConfigured(
+        f"WBC_SCORING_ENGINE={WBC_SCORING_ENGINE!r}: use torch, onnx or onnx-int8"
+    )
+WBC_ONNX_CACHE_DIR = os.environ.get("WBC_ONNX_CACHE_DIR", str(DATA_DIR / "onnx-cache"))
+WBC_ONNX_THREADS = int(os.environ.get("WBC_ONNX_THREADS", 0))  # 0: the worker's cores
+# int8 calibrates on the first (oldest) readable cells of the database, up to this many
+WBC_ONNX_CALIBRATION_CELLS = int(os.environ.get("WBC_ONNX_CALIBRATION_CELLS", 128))
+
+# --- results sent to the laboratory information system (docs/lis.md) -----------------
+# Off unless configured: a final report (first sign-off, or an amendment) is sent to each
+# endpoint set here. FHIR: the base URL that takes a transaction Bundle (POST), with an
+# optional bearer token. HL7 v2.5 ORU^R01 over MLLP: host and port.
+WBC_LIS_FHIR_URL = os.environ.get("WBC_LIS_FHIR_URL", "")
+WBC_LIS_FHIR_TOKEN = os.environ.get("WBC_LIS_FHIR_TOKEN", "")
+WBC_LIS_HL7_HOST = os.environ.get("WBC_LIS_HL7_HOST", "")
+WBC_LIS_HL7_PORT = int(os.environ.get("WBC_LIS_HL7_PORT", 0) or 0)
+# MSH-3..6 of the HL7 message: who sends and who receives.
+WBC_LIS_HL7_SENDING_FACILITY = os.environ.get("WBC_LIS_HL7_SENDING_FACILITY", "LAB")
+WBC_LIS_HL7_RECEIVING_APPLICATION = os.environ.get("WBC_LIS_HL7_RECEIVING_APPLICATION", "LIS")
+WBC_LIS_HL7_RECEIVING_FACILITY = os.environ.get("WBC_LIS_HL7_RECEIVING_FACILITY", "LAB")
+# Seconds one attempt may take (connect, send, and the receiver's answer or ACK).
+WBC_LIS_TIMEOUT_SECONDS = float(os.environ.get("WBC_LIS_TIMEOUT_SECONDS", 10))
+# Attempts after the first while the receiver is unreachable or answers 5xx, waiting
+# BACKOFF, 2xBACKOFF, 4xBACKOFF ... (at most BACKOFF_MAX) in between; then "failed", and
+# an admin can send it again. Read when the worker starts.
+WBC_LIS_MAX_RETRIES = int(os.environ.get("WBC_LIS_MAX_RETRIES", 10))
+WBC_LIS_RETRY_BACKOFF_SECONDS = int(os.environ.get("WBC_LIS_RETRY_BACKOFF_SECONDS", 30))
+WBC_LIS_RETRY_BACKOFF_MAX_SECONDS = int(os.environ.get("WBC_LIS_RETRY_BACKOFF_MAX_SECONDS", 3600))
+# A pending or retrying delivery whose next attempt is this overdue lost its task (a
+# worker died, Redis was flushed): housekeeping sends it to the queue again.
+WBC_LIS_LOST_AFTER_SECONDS = int(os.environ.get("WBC_LIS_LOST_AFTER_SECONDS", 300))

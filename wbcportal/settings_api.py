@@ -67,6 +67,8 @@ SPECTACULAR_SETTINGS = {
         "TrainingJobStatusEnum": "annotation.models.pipeline.TrainingJob.Status",
         "ExportJobStatusEnum": "annotation.models.pipeline.ExportJob.Status",
         "ReviewItemStatusEnum": "annotation.models.pipeline.ReviewItem.Status",
+        "LisDeliveryKindEnum": "annotation.models.lis.LisDelivery.Kind",
+        "LisDeliveryStatusEnum": "annotation.models.lis.LisDelivery.Status",
     },
 }
 

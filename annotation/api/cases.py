@@ -1,4 +1,5 @@
-"""Cases: list, create, detail with the differential, sign-off."""
+"""Cases: list, create, detail with the differential (sign-off and reports:
+annotation/api/review.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,16 @@ from annotation.api.common import (
     Choice,
     InputSerializer,
     JSONObjectField,
-    no_input,
     paginated,
     paginated_response,
     query_input,
     request_user,
 )
-from annotation.api.permissions import ADMINS, EVERYONE, LABELLERS, Roles
+from annotation.api.permissions import ADMINS, EVERYONE, Roles
 from annotation.api.schema import error_responses
 from annotation.models import Case
 from annotation.selectors.cases import CaseFilters, case_differential, case_get, case_list
-from annotation.services.cases import case_create, case_signoff
+from annotation.services.cases import case_create
 
 
 class CaseSerializer(serializers.ModelSerializer[Case]):
@@ -56,11 +56,14 @@ class DifferentialClassSerializer(serializers.Serializer):
     code = serializers.CharField()
     name = serializers.CharField()
     group = serializers.CharField()
-    count = serializers.IntegerField()
-    labelled = serializers.IntegerField()
-    predicted = serializers.IntegerField(help_text="cells counted by the active model only")
-    source = serializers.CharField(allow_null=True, help_text="label, model, mixed or null")  # type: ignore[assignment]
-    percent = serializers.FloatField(allow_null=True)
+    count = serializers.IntegerField(help_text="reviewed cells: in the portal plus imported")
+    reviewed_in_portal = serializers.IntegerField(help_text="labelled by a person here")
+    imported = serializers.IntegerField(help_text="imported labels (analyser, technologist)")
+    model_only = serializers.IntegerField(
+        help_text="no label: counted by the active model's class, not in count"
+    )
+    percent = serializers.FloatField(allow_null=True, help_text="of the reviewed WBC")
+    model_only_percent = serializers.FloatField(allow_null=True, help_text="of the model-only WBC")
     per_100_wbc = serializers.FloatField(allow_null=True)
 
 
@@ -71,13 +74,25 @@ class FlagSerializer(serializers.Serializer):
 
 class DifferentialSerializer(serializers.Serializer):
     cells_total = serializers.IntegerField()
-    labelled = serializers.IntegerField()
-    predicted_only = serializers.IntegerField()
+    reviewed = serializers.IntegerField()
+    reviewed_in_portal = serializers.IntegerField()
+    imported = serializers.IntegerField()
+    imported_source = serializers.CharField(
+        allow_null=True, help_text="where the imported labels came from (the case's source)"
+    )
+    model_only = serializers.IntegerField()
     unclassified = serializers.IntegerField()
+    unidentified = serializers.IntegerField(
+        help_text="cells without a label that are queued or that the model is unsure of"
+    )
     open_review_items = serializers.IntegerField()
+    open_labelled_cells = serializers.IntegerField()
+    open_disagreements = serializers.IntegerField()
     label_conflicts = serializers.IntegerField()
-    wbc_counted = serializers.IntegerField()
-    source = serializers.CharField()  # type: ignore[assignment]
+    wbc_counted = serializers.IntegerField(help_text="reviewed white cells")
+    model_only_wbc = serializers.IntegerField()
+    model_version = serializers.CharField(allow_null=True)
+    confidence_threshold = serializers.FloatField()
     classes = DifferentialClassSerializer(many=True)
     totals = serializers.DictField()
     flags = FlagSerializer(many=True)
@@ -152,15 +167,3 @@ class CaseDetailApi(APIView):
         case = case_get(case_id=case_id)
         differential = case_differential(case=case, user=request_user(request))
         return Response({**CaseSerializer(case).data, "differential": differential})
-
-
-class CaseSignOffApi(APIView):
-    """A hematologist signs off the case; refused (409) while cells are still open."""
-
-    permission_classes = [Roles(POST=LABELLERS)]
-
-    @extend_schema(request=None, responses={200: CaseSerializer, **error_responses(409)})
-    def post(self, request: Request, case_id: int) -> Response:
-        no_input(request)
-        case = case_signoff(case_id=case_id, user=request_user(request))
-        return Response(CaseSerializer(case).data)

@@ -185,6 +185,9 @@ class ReviewNextApi(APIView):
 
     class NextInputSerializer(InputSerializer):
         count = serializers.IntegerField(min_value=1, max_value=10, required=False)
+        case = serializers.IntegerField(
+            min_value=1, required=False, help_text="only cells of this case (its id)"
+        )
 
     class NextManyOutputSerializer(serializers.Serializer):
         items = ReviewItemSerializer(many=True)
@@ -205,14 +208,18 @@ class ReviewNextApi(APIView):
         data = self.NextInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         count = data.validated_data.get("count")
+        case_id = data.validated_data.get("case")
         context = {"request": request}
         user = request_user(request)
         if count is not None:
-            items = review_items_next(user=user, count=count)
+            items = review_items_next(user=user, count=count, case_id=case_id)
             return Response(
                 {"items": [review_item_payload(_item_with_cell(i, user), context) for i in items]}
             )
-        item = review_item_next(user=user)
+        if case_id is not None:
+            item = next(iter(review_items_next(user=user, count=1, case_id=case_id)), None)
+        else:
+            item = review_item_next(user=user)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(review_item_payload(_item_with_cell(item, user), context))

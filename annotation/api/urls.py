@@ -8,7 +8,19 @@ from typing import Any
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from annotation.api import adjudication, auth, cases, cells, exports, gold, labels, models, queue
+from annotation.api import (
+    adjudication,
+    auth,
+    cases,
+    cells,
+    exports,
+    gold,
+    labels,
+    lis,
+    models,
+    queue,
+    review,
+)
 from annotation.api.errors import json_not_found
 from annotation.api.permissions import EVERYONE, Roles
 
@@ -41,8 +53,53 @@ urlpatterns: list[Any] = [
     # cases
     path("cases/", cases.CaseListCreateApi.as_view(), name="cases"),
     path("cases/<int:case_id>/", cases.CaseDetailApi.as_view(), name="case-detail"),
-    path("cases/<int:case_id>/sign-off/", cases.CaseSignOffApi.as_view(), name="case-signoff"),
+    path("cases/<int:case_id>/sign-off/", review.CaseSignOffApi.as_view(), name="case-signoff"),
+    # the case's review to its signed report (annotation/api/review.py)
+    path("review-rules/", review.ReviewRulesApi.as_view(), name="review-rules"),
+    path("cases/<int:case_id>/reopen/", review.CaseReopenApi.as_view(), name="case-reopen"),
+    path(
+        "cases/<int:case_id>/interpretation/",
+        review.CaseInterpretationApi.as_view(),
+        name="case-interpretation",
+    ),
+    path(
+        "cases/<int:case_id>/cell-notes/",
+        review.CaseCellNoteListApi.as_view(),
+        name="case-cell-notes",
+    ),
+    path(
+        "cases/<int:case_id>/cell-notes/<int:cell_id>/",
+        review.CaseCellNoteApi.as_view(),
+        name="case-cell-note",
+    ),
+    path("cases/<int:case_id>/reports/", review.CaseReportListApi.as_view(), name="case-reports"),
+    path(
+        "cases/<int:case_id>/reports/<int:version>/",
+        review.CaseReportDetailApi.as_view(),
+        name="case-report-detail",
+    ),
+    path(
+        "cases/<int:case_id>/reports/<int:version>/html/",
+        review.CaseReportHtmlApi.as_view(),
+        name="case-report-html",
+    ),
+    path(
+        "cases/<int:case_id>/reports/<int:version>/pdf/",
+        review.CaseReportPdfApi.as_view(),
+        name="case-report-pdf",
+    ),
     # cells and labels
+    # the signed report sent to the LIS (annotation/api/lis.py)
+    path(
+        "cases/<int:case_id>/lis-deliveries/",
+        lis.CaseLisDeliveriesApi.as_view(),
+        name="case-lis-deliveries",
+    ),
+    path(
+        "lis-deliveries/<int:delivery_id>/retry/",
+        lis.LisDeliveryRetryApi.as_view(),
+        name="lis-delivery-retry",
+    ),
     path("cells/", cells.CellListApi.as_view(), name="cells"),
     path("cells/upload/", cells.CellUploadApi.as_view(), name="cell-upload"),
     path("cells/<int:cell_id>/", cells.CellDetailApi.as_view(), name="cell-detail"),
@@ -122,5 +179,6 @@ urlpatterns: list[Any] = [
         name="export-job-download",
     ),
     # Anything else under /api/ answers in the API's error shape, not an HTML page.
-    re_path(r"^.*$", json_not_found, name="not-found"),
+    # [\s\S], not ".": a path with an encoded newline (%0A) is an unknown URL too.
+    re_path(r"^[\s\S]*$", json_not_found, name="not-found"),
 ]

@@ -2,6 +2,7 @@
 
 from annotation.models.core import AuditEvent, Case, CellImage, ImportBatch, Label
 from annotation.models.gold import GoldCell, GoldCheck
+from annotation.models.lis import LisDelivery
 from annotation.models.pipeline import (
     EvaluationSet,
     ExportJob,
@@ -13,20 +14,33 @@ from annotation.models.pipeline import (
     Segmentation,
     TrainingJob,
 )
+from annotation.models.review import (
+    CaseInterpretation,
+    CaseReopening,
+    CaseReport,
+    CellNote,
+    ReviewRules,
+)
 
 __all__ = [
     "AuditEvent",
     "Case",
+    "CaseInterpretation",
+    "CaseReopening",
+    "CaseReport",
     "CellImage",
+    "CellNote",
     "EvaluationSet",
     "ExportJob",
     "GoldCell",
     "GoldCheck",
     "ImportBatch",
     "Label",
+    "LisDelivery",
     "ModelVersion",
     "Prediction",
     "ReviewItem",
+    "ReviewRules",
     "ReviewSkip",
     "RoutingConfig",
     "Segmentation",

@@ -15,9 +15,14 @@ class Case(models.Model):
     """One blood smear."""
 
     class Status(models.TextChoices):
+        # New -> In review (first label, or reopened) -> [Awaiting second signature] ->
+        # Signed off; reopened -> Amending -> [Awaiting second signature] -> Amended.
         NEW = "new", "New"
         IN_REVIEW = "in_review", "In review"
-        SIGNED_OFF = "signed_off", "Signed off"
+        AWAITING_SECOND = "awaiting_second", "Awaiting second signature"
+        SIGNED_OFF = "signed_off", "Signed"
+        AMENDING = "amending", "Reopened for amendment"
+        AMENDED = "amended", "Amended"
 
     accession_id = models.CharField(max_length=128, unique=True)
     patient_pseudonym = models.CharField(max_length=128, blank=True, default="")

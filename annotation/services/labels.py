@@ -20,6 +20,13 @@ def _label_state(label: Label | None) -> dict[str, object] | None:
     }
 
 
+def _case_label_landed(*, case_id: int, user: UserLike | None) -> None:
+    """A signed case takes no new labels; a new one is now in review (services/cases.py)."""
+    from annotation.services.cases import case_label_landed
+
+    case_label_landed(case_id=case_id, user=user)
+
+
 def valid_code(code: str, *, field: str = "code") -> str:
     """The code in upper case; an unknown one is refused, naming the input ``field``."""
     code = code.strip().upper()
@@ -77,6 +84,8 @@ def cell_label_create(
         raise ApplicationError("A label given by a person must name the person.")
     with transaction.atomic():
         cell = get_or_404(CellImage.objects.select_for_update(), what="Cell", pk=cell_id)
+        if source != Label.Source.IMPORTED:
+            _case_label_landed(case_id=cell.case_id, user=annotator)
         previous = (
             Label.objects.select_related(None).get(pk=cell.current_label_id)
             if cell.current_label_id
@@ -107,6 +116,7 @@ def cell_label_read_create(*, item: ReviewItem, code: str, annotator: UserLike) 
     """One independent read of a double-read item. It does not become the cell's label
     by itself; nobody sees it before giving their own read."""
     code = valid_code(code)
+    _case_label_landed(case_id=item.cell.case_id, user=annotator)
     label = Label.objects.create(
         cell_id=item.cell_id,
         code=code,

@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from annotation.errors import ApplicationError, get_or_404
-from annotation.models import Label, ReviewItem, ReviewSkip
+from annotation.models import CellImage, Label, ReviewItem, ReviewSkip
 from annotation.selectors.routing import routing_config_get
 from annotation.services.audit import audit_event_create
 from annotation.services.events import queue_changed_on_commit
@@ -50,14 +50,16 @@ _TAKE_SQL = """
       AND NOT EXISTS (
         SELECT 1 FROM {label} l WHERE l.review_item_id = r.id AND l.annotator_id = %s
       )
-      {exclude}
+      {exclude}{case}
     ORDER BY r.priority DESC, r.id
     LIMIT %s{lock}
 """
 _MINE_SQL = """
-    SELECT r.* FROM {item} r WHERE r.status = %s AND r.leased_to_id = %s
+    SELECT r.* FROM {item} r WHERE r.status = %s AND r.leased_to_id = %s{case}
     ORDER BY r.id LIMIT %s{lock}
 """
+# ``case``: only the cells of one case ("review this case's open cells").
+_CASE_SQL = " AND r.cell_id IN (SELECT c.id FROM {cell} c WHERE c.case_id = %s)"
 
 
 def _lock_clause() -> str:
@@ -73,11 +75,18 @@ def _tables() -> dict[str, str]:
         "item": ReviewItem._meta.db_table,
         "skip": ReviewSkip._meta.db_table,
         "label": Label._meta.db_table,
+        "cell": CellImage._meta.db_table,
     }
 
 
+def _case_clause(case_id: int | None) -> tuple[str, list[int]]:
+    if case_id is None:
+        return "", []
+    return _CASE_SQL.format(**_tables()), [case_id]
+
+
 def _queued_items_take(
-    *, user: UserLike, count: int, exclude: list[int] | None = None
+    *, user: UserLike, count: int, exclude: list[int] | None = None, case_id: int | None = None
 ) -> list[ReviewItem]:
     """The best ``count`` queued items this user may read (not skipped by them and, for
     double reading, not read by them already), locked; rows other requests are taking
@@ -85,25 +94,34 @@ def _queued_items_take(
     if count <= 0:
         return []
     exclude = exclude or []
+    case_sql, case_params = _case_clause(case_id)
     sql = _TAKE_SQL.format(
         **_tables(),
         exclude=f"AND r.id NOT IN ({', '.join(['%s'] * len(exclude))})" if exclude else "",
+        case=case_sql,
         lock=_lock_clause(),
     )
-    params = [ReviewItem.Status.QUEUED.value, user.pk, user.pk, *exclude, count]
+    params = [ReviewItem.Status.QUEUED.value, user.pk, user.pk, *exclude, *case_params, count]
     return list(ReviewItem.objects.raw(sql, params))
 
 
-def _own_leases_take(*, user: UserLike, count: int) -> list[ReviewItem]:
+def _own_leases_take(*, user: UserLike, count: int, case_id: int | None = None) -> list[ReviewItem]:
     """Up to ``count`` of the user's live leases, oldest first, locked."""
-    sql = _MINE_SQL.format(**_tables(), lock=_lock_clause())
-    return list(ReviewItem.objects.raw(sql, [ReviewItem.Status.LEASED.value, user.pk, count]))
+    case_sql, case_params = _case_clause(case_id)
+    sql = _MINE_SQL.format(**_tables(), case=case_sql, lock=_lock_clause())
+    return list(
+        ReviewItem.objects.raw(sql, [ReviewItem.Status.LEASED.value, user.pk, *case_params, count])
+    )
 
 
-def review_items_next(*, user: UserLike, count: int = 1) -> list[ReviewItem]:
+def review_items_next(
+    *, user: UserLike, count: int = 1, case_id: int | None = None
+) -> list[ReviewItem]:
     """Up to ``count`` leases for the user: their live leases first (renewed), then the
     highest-priority queued items they have not skipped. Several at once let the browser
-    prefetch the next cells. Empty when the queue has nothing for them."""
+    prefetch the next cells. Empty when the queue has nothing for them. With ``case_id``
+    only that case's cells, and no gold cells mixed in (one from another case would
+    give itself away)."""
     if not 1 <= count <= 10:
         raise ApplicationError(
             f"count must be from 1 to 10, got {count}.", fields={"count": "from 1 to 10"}
@@ -112,15 +130,19 @@ def review_items_next(*, user: UserLike, count: int = 1) -> list[ReviewItem]:
     lease = timedelta(seconds=config.lease_seconds)
     now = timezone.now()
     with transaction.atomic():
-        gold_items_mix(user=user, count=count, now=now, lease=lease, config=config)
-        mine = _own_leases_take(user=user, count=count)
-        new = _queued_items_take(user=user, count=count - len(mine))
+        if case_id is None:
+            gold_items_mix(user=user, count=count, now=now, lease=lease, config=config)
+        mine = _own_leases_take(user=user, count=count, case_id=case_id)
+        new = _queued_items_take(user=user, count=count - len(mine), case_id=case_id)
         if len(mine) + len(new) < count and review_leases_expire():
             # Expired leases go back to the queue here only when the queue runs short
             # (and every minute in housekeeping), not on every request: an UPDATE over
             # the leased items per 'next' was a good part of its cost under load.
             new += _queued_items_take(
-                user=user, count=count - len(mine) - len(new), exclude=[i.pk for i in new]
+                user=user,
+                count=count - len(mine) - len(new),
+                exclude=[i.pk for i in new],
+                case_id=case_id,
             )
         taken = [*mine, *new]
         for item in taken:

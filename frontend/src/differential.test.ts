@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { computeDifferential, groupByClass, percent, signOffBlocker, type CellClassification } from "./differential";
+import { computeDifferential, groupByClass, percent, provenanceLine, type CellClassification } from "./differential";
 import { realRules, realTaxonomy } from "./testing";
 
 const { classes } = realTaxonomy();
@@ -17,42 +17,57 @@ describe("differential arithmetic", () => {
     expect(rules.nrbc_flag_per_100_wbc).toBe(5);
   });
 
-  it("gives counts and percentages of the reportable WBC, NRBC per 100 WBC", () => {
+  it("gives counts and percentages of the reviewed WBC, NRBC per 100 WBC", () => {
     const d = computeDifferential(cells({ NE: 60, LY: 30, MO: 5, BL: 5, NR: 8, AR: 2 }), classes, rules);
     const row = (code: string) => d.classes.find((c) => c.code === code)!;
     expect(d.cells_total).toBe(110);
     expect(d.wbc_counted).toBe(100);
-    expect(row("NE")).toMatchObject({ count: 60, percent: 60, source: "label" });
+    expect(row("NE")).toMatchObject({ count: 60, percent: 60, reviewed_in_portal: 60, imported: 0, model_only: 0 });
     expect(row("NR")).toMatchObject({ count: 8, percent: null, per_100_wbc: 8 });
     expect(row("AR")).toMatchObject({ count: 2, percent: null, per_100_wbc: null });
-    expect(row("EO")).toMatchObject({ count: 0, percent: 0, source: null });
+    expect(row("EO")).toMatchObject({ count: 0, percent: 0 });
     expect(d.totals.normal).toEqual({ count: 95, percent: 95 });
     expect(d.totals.abnormal).toEqual({ count: 5, percent: 5 });
     expect(d.totals.nrbc).toEqual({ count: 8, per_100_wbc: 8 });
     expect(d.flags.map((f) => f.code)).toEqual(["blasts_present", "nrbc_over_5"]);
   });
 
-  it("counts a cell by its label, else by the model, else as unclassified", () => {
+  it("counts reviewed cells (portal and imported) apart from the model's guesses", () => {
+    const context = { confidence_threshold: 0.8, model_version: "v1", imported_source: "cellavision" };
     const d = computeDifferential(
       [
-        { label: "NE", predicted: "LY" },
-        { label: null, predicted: "LY" },
+        { label: "NE", labelSource: "hematologist", predicted: "LY", confidence: 0.9 },
+        { label: "NE", labelSource: "imported", predicted: "NE", confidence: 0.9 },
+        { label: null, predicted: "LY", confidence: 0.95 },
         { label: null, predicted: null },
-        { label: null, predicted: "MY", open: true },
+        { label: null, predicted: "MY", confidence: 0.9, open: true },
+        { label: null, predicted: "BL", confidence: 0.5 },
         { label: null, predicted: null, conflict: true },
       ],
       classes,
       rules,
+      context,
     );
     const row = (code: string) => d.classes.find((c) => c.code === code)!;
-    expect(row("NE")).toMatchObject({ count: 1, labelled: 1, predicted: 0 });
-    expect(row("LY")).toMatchObject({ count: 1, labelled: 0, predicted: 1, source: "model" });
+    expect(row("NE")).toMatchObject({ count: 2, reviewed_in_portal: 1, imported: 1, model_only: 0, percent: 100 });
+    expect(row("LY")).toMatchObject({ count: 0, model_only: 1, percent: 0, model_only_percent: 33.3 });
+    expect(d.wbc_counted).toBe(2);
+    expect(d.model_only_wbc).toBe(3);
     expect(d.unclassified).toBe(2);
-    expect(d.predicted_only).toBe(2);
+    expect(d.model_only).toBe(3);
+    // queued MY, BL below 0.8, and the two the model has not classified
+    expect(d.unidentified).toBe(4);
     expect(d.open_review_items).toBe(1);
     expect(d.label_conflicts).toBe(1);
-    expect(d.wbc_counted).toBe(3);
-    expect(d.flags.map((f) => f.code)).toEqual(["left_shift", "unreviewed_cells", "label_conflicts"]);
+    // MY and BL are the model's guesses only: no left-shift or blast flag.
+    expect(d.flags.map((f) => f.code)).toEqual(["unreviewed_cells", "label_conflicts"]);
+    expect(provenanceLine(d)).toBe(
+      "2 WBC reviewed (1 cells in the portal, 1 imported from cellavision) · 3 by the model only, not counted · 4 unidentified",
+    );
+  });
+
+  it("flags left shift from reviewed immature granulocytes", () => {
+    const d = computeDifferential(cells({ NE: 3, MY: 1 }), classes, rules);
     expect(d.flags[0].message).toBe("Immature granulocytes present (left shift): MY 1.");
   });
 
@@ -76,14 +91,6 @@ describe("differential arithmetic", () => {
     const empty = computeDifferential([], classes, rules);
     expect(empty.totals.normal.percent).toBeNull();
     expect(empty.classes.every((c) => c.percent === null)).toBe(true);
-  });
-
-  it("blocks sign-off while cells are open or in conflict", () => {
-    const open = computeDifferential([{ label: null, predicted: "NE", open: true }], classes, rules);
-    expect(signOffBlocker(open, "in_review")).toMatch(/1 cells are still open/);
-    const done = computeDifferential(cells({ NE: 2 }), classes, rules);
-    expect(signOffBlocker(done, "in_review")).toBeNull();
-    expect(signOffBlocker(done, "signed_off")).toMatch(/already signed off/);
   });
 
   it("groups the gallery in taxonomy order with the unclassified last", () => {

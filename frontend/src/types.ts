@@ -92,10 +92,9 @@ export type CaseListItem = Schemas["CaseListItem"];
 export type DifferentialClass = Narrowed<Schemas["DifferentialClass"], { group: Group }>;
 export type Flag = Schemas["Flag"];
 
-/** The schema types `totals` as a dict; the server (annotation/selectors/cases.py) sends these.
- * The differential the browser computes while reclassifying (../differential.ts) has no `source`. */
+/** The schema types `totals` as a dict; the server (annotation/selectors/cases.py) sends these. */
 export type Differential = Narrowed<
-  Omit<Schemas["Differential"], "source">,
+  Schemas["Differential"],
   {
     classes: DifferentialClass[];
     totals: {
@@ -107,7 +106,15 @@ export type Differential = Narrowed<
   }
 >;
 
-export type CaseDetail = Case & { readonly differential: Differential & Pick<Schemas["Differential"], "source"> };
+export type CaseDetail = Case & { readonly differential: Differential };
+
+// --- sign-off and the report (annotation/api/review.py) ----------------------------------
+
+export type ReviewRules = Schemas["ReviewRules"];
+export type SignoffState = Schemas["SignoffState"];
+export type CaseReport = Schemas["Report"];
+export type CellNote = Schemas["CellNote"];
+export type Interpretation = Schemas["Interpretation"];
 
 // --- model versions, training, routing ----------------------------------------------------
 

@@ -1,6 +1,7 @@
 """A hematologist reviews a case in Chromium: the gallery grouped by class, reclassifying
 one cell, several cells (mouse) and a cell chosen by keyboard, the differential following,
-and sign-off once nothing is left unreviewed."""
+and sign-off once nothing is left unreviewed (the sign-off rules and the report in detail:
+tests/e2e/test_signoff.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import api_json, screenshot, sign_in
+from annotation.models import ReviewRules
+from tests.e2e.conftest import PASSWORD, api_json, screenshot, sign_in
 from tests.e2e.seed import labelled_case, users
 
 
@@ -22,6 +24,8 @@ def test_case_is_reviewed_reclassified_and_signed_off(
     live_server_url: str, new_page: Any, tmp_path: Path, shared_data: Path
 ) -> None:
     users()
+    # The lab counts every cell here (the default target, 100 cells, is more than 10).
+    ReviewRules.objects.update_or_create(pk=1, defaults={"count_target": 0})
     case = labelled_case(tmp_path, shared_data, {"NE": 4, "LY": 3, "MO": 2})
     page = new_page()
     sign_in(page, "hema")
@@ -39,15 +43,16 @@ def test_case_is_reviewed_reclassified_and_signed_off(
     assert gallery.locator(".thumb").count() == 10
     assert count(page, "NE").inner_text() == "4"
     signoff = page.get_by_test_id("signoff")
+    page.get_by_test_id("signoff-unmet").wait_for()
     assert signoff.is_disabled()
-    assert "conflicting labels" in page.locator("#signoff-why").inner_text()
+    assert "disagree" in page.get_by_test_id("signoff-unmet").inner_text()
     screenshot(page, "case-review")
 
     # The conflicting cell (not classified yet): one click selects it, a key decides it.
     gallery.locator("[data-group=none] .thumb").first.click()
     page.keyboard.press("e")
     count(page, "EO").filter(has_text="1").wait_for()
-    assert signoff.is_enabled()
+    page.locator("[data-testid=signoff]:enabled").wait_for()
 
     # Two neutrophils selected with the mouse become monocytes.
     ne = gallery.locator("[data-group=NE] .thumb")
@@ -71,8 +76,10 @@ def test_case_is_reviewed_reclassified_and_signed_off(
     assert page.get_by_test_id("total-normal").inner_text() == "10"
 
     signoff.click()
-    page.get_by_role("dialog").get_by_role("button", name="Sign off").click()
-    page.get_by_test_id("case-status").filter(has_text="Signed off").wait_for()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_test_id("signoff-password").fill(PASSWORD)  # signing asks for it again
+    dialog.get_by_role("button", name="Sign", exact=True).click()
+    page.get_by_test_id("case-status").filter(has_text="Signed").wait_for()
     screenshot(page, "case-signed-off")
 
     status, detail = api_json(page, "GET", f"/api/cases/{case.pk}/")

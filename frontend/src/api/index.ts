@@ -7,7 +7,6 @@
 import type {
   AdjudicationItem,
   AgreementSummary,
-  Case,
   CaseListItem,
   CaseDetail,
   Cell,
@@ -28,7 +27,7 @@ import type { paths } from "./schema";
 export { ApiError, csrfToken, describeError, errorFromBody, type UploadProgress } from "./http";
 
 export type ApiPath = keyof paths;
-type HttpMethod = "get" | "post" | "patch" | "delete";
+type HttpMethod = "get" | "post" | "put" | "patch" | "delete";
 
 /** The paths with an operation for `M`. */
 export type PathWith<M extends HttpMethod> = { [P in ApiPath]: paths[P][M] extends undefined ? never : P }[ApiPath];
@@ -57,7 +56,6 @@ interface Responses {
   "/api/agreement/": { get: AgreementSummary };
   "/api/cases/": { get: Page<CaseListItem> };
   "/api/cases/{case_id}/": { get: CaseDetail };
-  "/api/cases/{case_id}/sign-off/": { post: Case };
   "/api/cells/": { get: Page<Cell> };
   "/api/cells/{cell_id}/": { get: CellDetail };
   "/api/cells/upload/": { post: UploadSummary };
@@ -131,7 +129,7 @@ export function apiUrl<P extends ApiPath>(
 
 function call<P extends ApiPath, M extends HttpMethod>(method: M, path: P, options: Options<P, M> | undefined, init?: RequestInit): Promise<ResponseOf<P, M>> {
   const o = (options ?? {}) as { path?: Record<string, number | string>; query?: Record<string, string | number | boolean | undefined | null>; body?: unknown };
-  const verb = method.toUpperCase() as "GET" | "POST" | "PATCH" | "DELETE";
+  const verb = method.toUpperCase() as "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
   return request<ResponseOf<P, M>>(verb, apiUrl(path, o.path, o.query), o.body, init);
 }
 
@@ -142,6 +140,7 @@ type PagedPath = { [P in PathWith<"get">]: ResponseOf<P, "get"> extends Page<unk
 export const api = {
   get: <P extends PathWith<"get">>(path: P, ...[options]: OptionsArg<P, "get">) => call("get", path, options),
   post: <P extends PathWith<"post">>(path: P, ...[options]: OptionsArg<P, "post">) => call("post", path, options),
+  put: <P extends PathWith<"put">>(path: P, ...[options]: OptionsArg<P, "put">) => call("put", path, options),
   patch: <P extends PathWith<"patch">>(path: P, ...[options]: OptionsArg<P, "patch">) => call("patch", path, options),
   delete: <P extends PathWith<"delete">>(path: P, ...[options]: OptionsArg<P, "delete">) => call("delete", path, options),
   /** A POST that outlives the page (`fetch` keepalive): for what a screen sends as it is

@@ -150,7 +150,82 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/cases/{case_id}/sign-off/": {
+    "/api/cases/{case_id}/cell-notes/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description The case's flagged cells and cells with a note (printed on the report). */
+        get: operations["case_cell_notes_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/cases/{case_id}/cell-notes/{cell_id}/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** @description Set the note on a cell of the case (an empty note removes it); until signed. */
+        put: operations["cases_cell_notes_update"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/cases/{case_id}/interpretation/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * @description The case's interpretive comment: free text plus codes from the lab's coded list
+         *     (GET /api/review-rules/); editable until the case is signed (409 after).
+         */
+        get: operations["cases_interpretation_retrieve"];
+        /**
+         * @description The case's interpretive comment: free text plus codes from the lab's coded list
+         *     (GET /api/review-rules/); editable until the case is signed (409 after).
+         */
+        put: operations["cases_interpretation_update"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/cases/{case_id}/lis-deliveries/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description The LIS delivery status of a case's signed reports. */
+        get: operations["case_lis_deliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/cases/{case_id}/reopen/": {
         parameters: {
             query?: never;
             header?: never;
@@ -159,7 +234,101 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** @description A hematologist signs off the case; refused (409) while cells are still open. */
+        /** @description Reopen a signed case to amend it (a reason is required); 409 unless signed. */
+        post: operations["cases_reopen_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/cases/{case_id}/reports/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description Every report version of the case, newest first. */
+        get: operations["case_reports_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/cases/{case_id}/reports/{version}/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description One report version with its frozen content. */
+        get: operations["cases_reports_retrieve"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/cases/{case_id}/reports/{version}/html/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description The printable report (HTML with print CSS). */
+        get: operations["cases_reports_html_retrieve"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/cases/{case_id}/reports/{version}/pdf/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description The report as a PDF download (WeasyPrint). */
+        get: operations["cases_reports_pdf_retrieve"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/cases/{case_id}/sign-off/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * @description GET: whether the caller may sign the case now and every reason why not (the UI
+         *     shows it before the button). POST: sign it, with the caller's password again: 403
+         *     for a wrong one, 409 listing every unmet rule, or the second signer being the first.
+         */
+        get: operations["cases_sign_off_retrieve"];
+        put?: never;
+        /**
+         * @description GET: whether the caller may sign the case now and every reason why not (the UI
+         *     shows it before the button). POST: sign it, with the caller's password again: 403
+         *     for a wrong one, 409 listing every unmet rule, or the second signer being the first.
+         */
         post: operations["cases_sign_off_create"];
         delete?: never;
         options?: never;
@@ -409,6 +578,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/lis-deliveries/{delivery_id}/retry/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** @description Send a failed delivery again (admins): the same message, attempts from zero. */
+        post: operations["lis_delivery_retry"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/model-versions/": {
         parameters: {
             query?: never;
@@ -616,6 +802,24 @@ export interface paths {
          *     after a lost answer is harmless; ``released`` says which were given back.
          */
         post: operations["queue_release_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/review-rules/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description GET: the lab's review rules (readers and admins). PUT: change them (admins). */
+        get: operations["review_rules_retrieve"];
+        /** @description GET: the lab's review rules (readers and admins). PUT: change them (admins). */
+        put: operations["review_rules_update"];
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -848,6 +1052,14 @@ export interface components {
             readonly updated_at: string;
             readonly differential: components["schemas"]["Differential"];
         };
+        CaseLisDeliveries: {
+            /** @description at least one LIS receiver is configured */
+            enabled: boolean;
+            /** @description the kinds of receiver configured now */
+            receivers: components["schemas"]["LisDeliveryKindEnum"][];
+            /** @description newest report version first */
+            deliveries: components["schemas"]["LisDelivery"][];
+        };
         /** @description A row of the case list, with the counts ``case_list`` annotates (only there). */
         CaseListItem: {
             readonly id: number;
@@ -868,10 +1080,13 @@ export interface components {
         /**
          * @description * `new` - New
          *     * `in_review` - In review
-         *     * `signed_off` - Signed off
+         *     * `awaiting_second` - Awaiting second signature
+         *     * `signed_off` - Signed
+         *     * `amending` - Reopened for amendment
+         *     * `amended` - Amended
          * @enum {string}
          */
-        CaseStatusEnum: "new" | "in_review" | "signed_off";
+        CaseStatusEnum: "new" | "in_review" | "awaiting_second" | "signed_off" | "amending" | "amended";
         Cell: {
             readonly id: number;
             case: number;
@@ -923,12 +1138,49 @@ export interface components {
             labels: components["schemas"]["Label"][];
             review_items: components["schemas"]["ReviewItemBrief"][];
         };
+        CellNote: {
+            cell_id: number;
+            /** @description flagged in the review queue */
+            flagged: boolean;
+            note: string;
+            author: string | null;
+            /** Format: date-time */
+            updated_at: string | null;
+        };
         ClassScore: {
             n: number;
             correct: number;
             /** Format: double */
             tpr: number | null;
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        CodedComment: {
+            code: string;
+            text: string;
+        };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        CodedCommentRequest: {
+            code: string;
+            text: string;
+        };
+        /** @enum {integer} */
+        CountTargetEnum: 0 | 100 | 200 | 400;
         /**
          * @description The base of every write body (and of every object nested in one).
          *
@@ -961,13 +1213,25 @@ export interface components {
         Diff14CodeEnum: "NE" | "LY" | "MO" | "EO" | "BA" | "ME" | "MY" | "PR" | "LR" | "LA" | "BL" | "PC" | "NR" | "AR";
         Differential: {
             cells_total: number;
-            labelled: number;
-            predicted_only: number;
+            reviewed: number;
+            reviewed_in_portal: number;
+            imported: number;
+            /** @description where the imported labels came from (the case's source) */
+            imported_source: string | null;
+            model_only: number;
             unclassified: number;
+            /** @description cells without a label that are queued or that the model is unsure of */
+            unidentified: number;
             open_review_items: number;
+            open_labelled_cells: number;
+            open_disagreements: number;
             label_conflicts: number;
+            /** @description reviewed white cells */
             wbc_counted: number;
-            source: string;
+            model_only_wbc: number;
+            model_version: string | null;
+            /** Format: double */
+            confidence_threshold: number;
             classes: components["schemas"]["DifferentialClass"][];
             totals: {
                 [key: string]: unknown;
@@ -978,14 +1242,24 @@ export interface components {
             code: string;
             name: string;
             group: string;
+            /** @description reviewed cells: in the portal plus imported */
             count: number;
-            labelled: number;
-            /** @description cells counted by the active model only */
-            predicted: number;
-            /** @description label, model, mixed or null */
-            source: string | null;
-            /** Format: double */
+            /** @description labelled by a person here */
+            reviewed_in_portal: number;
+            /** @description imported labels (analyser, technologist) */
+            imported: number;
+            /** @description no label: counted by the active model's class, not in count */
+            model_only: number;
+            /**
+             * Format: double
+             * @description of the reviewed WBC
+             */
             percent: number | null;
+            /**
+             * Format: double
+             * @description of the model-only WBC
+             */
+            model_only_percent: number | null;
             /** Format: double */
             per_100_wbc: number | null;
         };
@@ -1108,6 +1382,27 @@ export interface components {
                 [key: string]: components["schemas"]["GoldGroup"];
             };
         };
+        Interpretation: {
+            text: string;
+            coded: string[];
+            updated_by: string | null;
+            /** Format: date-time */
+            updated_at: string | null;
+        };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        InterpretationInputRequest: {
+            /** @default  */
+            text: string;
+            coded?: string[];
+        };
         Label: {
             readonly id: number;
             cell: number;
@@ -1148,6 +1443,49 @@ export interface components {
              */
             code: components["schemas"]["Diff14CodeEnum"];
         };
+        LisDelivery: {
+            readonly id: number;
+            report_version: number;
+            kind: components["schemas"]["LisDeliveryKindEnum"];
+            endpoint: string;
+            /**
+             * @description pending: not tried yet; retrying: the receiver was unavailable and another attempt is due at next_attempt_at; sent; failed: refused, or retries spent (last_error says why; an admin can re-send)
+             *
+             *     * `pending` - Pending
+             *     * `retrying` - Retrying
+             *     * `sent` - Sent
+             *     * `failed` - Failed
+             */
+            status: components["schemas"]["LisDeliveryStatusEnum"];
+            attempts: number;
+            last_error: string;
+            /** @description the receiver's answer: the HTTP status (FHIR) or the ACK code (HL7) */
+            response_code: string;
+            /** @description SHA-256 of the message sent, in hex */
+            payload_hash: string;
+            /** Format: date-time */
+            readonly created_at: string;
+            /** Format: date-time */
+            last_attempt_at: string | null;
+            /** Format: date-time */
+            next_attempt_at: string | null;
+            /** Format: date-time */
+            sent_at: string | null;
+        };
+        /**
+         * @description * `fhir` - FHIR R4 DiagnosticReport (HTTP)
+         *     * `hl7` - HL7 v2.5 ORU^R01 (MLLP)
+         * @enum {string}
+         */
+        LisDeliveryKindEnum: "fhir" | "hl7";
+        /**
+         * @description * `pending` - Pending
+         *     * `retrying` - Retrying
+         *     * `sent` - Sent
+         *     * `failed` - Failed
+         * @enum {string}
+         */
+        LisDeliveryStatusEnum: "pending" | "retrying" | "sent" | "failed";
         ModelScore: {
             model_version: number;
             name: string;
@@ -1217,10 +1555,32 @@ export interface components {
          */
         NextInputRequest: {
             count?: number;
+            /** @description only cells of this case (its id) */
+            case?: number;
         };
         NextManyOutput: {
             items: components["schemas"]["ReviewItem"][];
         };
+        /**
+         * @description * `first_signature` - first_signature
+         *     * `second_signature` - second_signature
+         * @enum {string}
+         */
+        NextStepEnum: "first_signature" | "second_signature";
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        NoteInputRequest: {
+            note: string;
+        };
+        /** @enum {unknown} */
+        NullEnum: null;
         PaginatedCaseListItemList: {
             count: number;
             /** Format: uri */
@@ -1349,6 +1709,61 @@ export interface components {
         ReleaseManyOutput: {
             released: number[];
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        ReopenInputRequest: {
+            /** @description printed on the amendment */
+            reason: string;
+        };
+        Report: {
+            readonly id: number;
+            version: number;
+            is_final: boolean;
+            /** @description a later version amends it */
+            readonly superseded: boolean;
+            signed_by: string;
+            /** Format: date-time */
+            signed_at: string;
+            second_signed_by: string | null;
+            /** Format: date-time */
+            second_signed_at: string | null;
+            amends_version: number | null;
+            amend_reason: string;
+            /** Format: date-time */
+            readonly created_at: string;
+            readonly html_url: string;
+            readonly pdf_url: string;
+        };
+        ReportDetail: {
+            readonly id: number;
+            version: number;
+            is_final: boolean;
+            /** @description a later version amends it */
+            readonly superseded: boolean;
+            signed_by: string;
+            /** Format: date-time */
+            signed_at: string;
+            second_signed_by: string | null;
+            /** Format: date-time */
+            second_signed_at: string | null;
+            amends_version: number | null;
+            amend_reason: string;
+            /** Format: date-time */
+            readonly created_at: string;
+            readonly html_url: string;
+            readonly pdf_url: string;
+            /** @description the frozen report (annotation/review_queue.md) */
+            content: {
+                [key: string]: unknown;
+            };
+        };
         ReviewItem: {
             readonly id: number;
             status: components["schemas"]["ReviewItemStatusEnum"];
@@ -1389,6 +1804,15 @@ export interface components {
          */
         ReviewItemStatusEnum: "queued" | "leased" | "adjudication" | "done" | "cancelled";
         ReviewNextResponse: components["schemas"]["ReviewItem"] | components["schemas"]["NextManyOutput"];
+        ReviewRules: {
+            /** @description reviewed white cells a case needs before signing: 100, 200, 400, or 0 for every cell of the case */
+            count_target: components["schemas"]["CountTargetEnum"];
+            two_person_signoff: boolean;
+            coded_comments: components["schemas"]["CodedComment"][];
+            updated_by: string | null;
+            /** Format: date-time */
+            updated_at: string | null;
+        };
         /**
          * @description * `hematologist` - hematologist
          *     * `senior_hematologist` - senior_hematologist
@@ -1440,6 +1864,21 @@ export interface components {
              */
             gold_rate?: number;
         };
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        RulesInputRequest: {
+            /** @description 100, 200, 400, or 0 for every cell of the case */
+            count_target?: components["schemas"]["CountTargetEnum"];
+            two_person_signoff?: boolean;
+            coded_comments?: components["schemas"]["CodedCommentRequest"][];
+        };
         Segmentation: {
             readonly id: number;
             method_version: string;
@@ -1459,6 +1898,45 @@ export interface components {
          * @enum {string}
          */
         SegmentationStatusEnum: "ok" | "failed";
+        /**
+         * @description The base of every write body (and of every object nested in one).
+         *
+         *     DRF drops keys a serializer does not declare, so a misspelt or made-up key
+         *     (``{"params": {"epochs_finetune": 1}}``) would be accepted and silently ignored: the
+         *     caller believes it took effect. Here an unknown key is a 400 that names it and the
+         *     keys that are allowed. Nested input objects are ``InputSerializer`` too, so the rule
+         *     holds at every level (their errors are named ``params.epochs_finetune``).
+         */
+        SignInputRequest: {
+            /** @description the signer's own password, again */
+            password: string;
+        };
+        Signed: {
+            case: components["schemas"]["Case"];
+            report: components["schemas"]["Report"];
+        };
+        SignoffRules: {
+            count_target: number;
+            two_person_signoff: boolean;
+        };
+        SignoffState: {
+            /** @description the caller may sign now */
+            can_sign: boolean;
+            /**
+             * @description which signature is due; null when the case is signed
+             *
+             *     * `first_signature` - first_signature
+             *     * `second_signature` - second_signature
+             */
+            next_step: (components["schemas"]["NextStepEnum"] | components["schemas"]["NullEnum"]) | null;
+            /** @description every reason it cannot be signed yet */
+            unmet: components["schemas"]["UnmetRule"][];
+            status: components["schemas"]["CaseStatusEnum"];
+            rules: components["schemas"]["SignoffRules"];
+            latest_report: components["schemas"]["Report"] | null;
+            /** @description why it was reopened (while amending) */
+            reopen_reason: string;
+        };
         /**
          * @description * `imported` - Imported
          *     * `hematologist` - Hematologist
@@ -1577,6 +2055,10 @@ export interface components {
          * @enum {string}
          */
         TriggerEnum: "schedule" | "admin" | "api";
+        UnmetRule: {
+            code: string;
+            message: string;
+        };
         /**
          * @description The body as the schema shows it: at least one file. The view leaves that check
          *     to ``cells_upload``, whose 400 ``no_files`` says what to attach.
@@ -2082,9 +2564,12 @@ export interface operations {
                 /**
                  * @description * `new` - New
                  *     * `in_review` - In review
-                 *     * `signed_off` - Signed off
+                 *     * `awaiting_second` - Awaiting second signature
+                 *     * `signed_off` - Signed
+                 *     * `amending` - Reopened for amendment
+                 *     * `amended` - Amended
                  */
-                status?: "new" | "in_review" | "signed_off";
+                status?: "new" | "in_review" | "awaiting_second" | "signed_off" | "amending" | "amended";
                 /** @description Number of results to return per page (at most 500; default 50). */
                 limit?: number;
                 /** @description The initial index from which to return the results. */
@@ -2303,7 +2788,7 @@ export interface operations {
             };
         };
     };
-    cases_sign_off_create: {
+    case_cell_notes_list: {
         parameters: {
             query?: never;
             header?: never;
@@ -2319,7 +2804,834 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
+                    "application/json": components["schemas"]["CellNote"][];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    cases_cell_notes_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+                cell_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NoteInputRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CellNote"][];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    cases_interpretation_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Interpretation"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    cases_interpretation_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["InterpretationInputRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Interpretation"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    case_lis_deliveries: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CaseLisDeliveries"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    cases_reopen_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReopenInputRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
                     "application/json": components["schemas"]["Case"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    case_reports_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Report"][];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    cases_reports_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+                version: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReportDetail"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    cases_reports_html_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+                version: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the report */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": string;
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    cases_reports_pdf_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+                version: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the report as PDF */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/pdf": string;
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    cases_sign_off_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignoffState"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    cases_sign_off_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                case_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SignInputRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Signed"];
                 };
             };
             /** @description The request was not valid: `fields` names each offending input. */
@@ -3558,6 +4870,99 @@ export interface operations {
             };
         };
     };
+    lis_delivery_retry: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                delivery_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LisDelivery"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The object named in the path (or in the request) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The request conflicts with the current state; `message` says what to do. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     model_versions_list: {
         parameters: {
             query?: {
@@ -4505,6 +5910,138 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ReleaseManyOutput"];
+                };
+            };
+            /** @description The request was not valid: `fields` names each offending input. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The body is larger than the server accepts (WBC_MAX_BODY_BYTES). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    review_rules_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReviewRules"];
+                };
+            };
+            /** @description Not signed in, or the token is unknown or revoked. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The caller's role may not use this operation (or a browser session sent no CSRF token). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests; `Retry-After` says when to try again. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The database or Redis is unavailable; `Retry-After` says when to try again. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    review_rules_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RulesInputRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReviewRules"];
                 };
             };
             /** @description The request was not valid: `fields` names each offending input. */

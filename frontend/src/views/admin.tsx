@@ -10,6 +10,7 @@ import { reasonText } from "../labelling";
 import { laterOf } from "../training";
 import type { Boot, ModelVersion, ModelVersionDetail, QueueCounts, RoutingConfig, TrainingJob, UploadSummary } from "../types";
 import { confirmAction, showError, showInfo, useLoad } from "../ui";
+import { ReviewRulesForm } from "./review";
 import { TrustTab } from "./trust";
 
 const TABS: [string, string][] = [
@@ -18,6 +19,7 @@ const TABS: [string, string][] = [
   ["queue", "Queue and routing"],
   ["import", "Import"],
   ["trust", "Agreement and gold"],
+  ["review", "Review rules"],
 ];
 
 export function AdminConsole({ boot, events, tab }: { boot: Boot; events: Events; tab: string }) {
@@ -36,6 +38,7 @@ export function AdminConsole({ boot, events, tab }: { boot: Boot; events: Events
       {tab === "queue" && <QueueTab boot={boot} events={events} />}
       {tab === "import" && <ImportTab boot={boot} />}
       {tab === "trust" && <TrustTab boot={boot} />}
+      {tab === "review" && <ReviewRulesForm />}
     </section>
   );
 }

@@ -1,16 +1,28 @@
 // Cases: the list with filters and status, and one case's review: the gallery of its
-// cells grouped by class, reclassification by key, the differential and sign-off.
+// cells grouped by class, reclassification by key, the differential with where each count
+// came from, and the sign-off, comments and reports (./review.tsx).
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { api } from "../api";
-import { computeDifferential, effectiveCode, groupByClass, signOffBlocker } from "../differential";
+import { computeDifferential, effectiveCode, groupByClass, provenanceLine } from "../differential";
 import type { Events } from "../events";
 import { buildKeyMap, isTypingTarget, keyAction } from "../keys";
 import type { Boot, Case, CaseDetail, Cell, Diff14Code, Differential, Label } from "../types";
-import { Kbd, confirmAction, dialogOpen, roles, showError, showInfo, useLoad } from "../ui";
+import { Kbd, dialogOpen, roles, showError, showInfo, useLoad } from "../ui";
 import { Palette } from "./label";
+import { LisStatusPanel } from "../components/lisStatus";
+import { CellNotesPanel, InterpretationPanel, SignoffPanel } from "./review";
 import { GoldMarkForm } from "./trust";
 
-const STATUS_TEXT: Record<string, string> = { new: "New", in_review: "In review", signed_off: "Signed off" };
+const STATUS_TEXT: Record<string, string> = {
+  new: "New",
+  in_review: "In review",
+  awaiting_second: "Awaiting second signature",
+  signed_off: "Signed",
+  amending: "Reopened for amendment",
+  amended: "Amended",
+};
+/** A signature is on the case: its labels and comments are frozen until it is reopened. */
+const SIGNED = new Set(["awaiting_second", "signed_off", "amended"]);
 
 export function CaseList({ boot: _boot }: { boot: Boot }) {
   const [filters, setFilters] = useState({ status: "", search: "", diagnosis: "" });
@@ -150,12 +162,27 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
     () =>
       cells
         ? computeDifferential(
-            cells.map((c) => ({ label: c.label?.code ?? null, predicted: c.prediction?.top_code ?? null, conflict: c.has_label_conflict, open: isOpen(c) })),
+            cells.map((c) => ({
+              label: c.label?.code ?? null,
+              labelSource: c.label?.source ?? null,
+              predicted: c.prediction?.top_code ?? null,
+              confidence: c.prediction?.confidence ?? null,
+              conflict: c.has_label_conflict,
+              open: isOpen(c),
+            })),
             boot.taxonomy,
             boot.differential_rules,
+            caseInfo
+              ? {
+                  confidence_threshold: caseInfo.differential.confidence_threshold,
+                  model_version: caseInfo.differential.model_version,
+                  imported_source: caseInfo.differential.imported_source,
+                  adjudication: caseInfo.differential.open_disagreements - caseInfo.differential.label_conflicts,
+                }
+              : undefined,
           )
         : null,
-    [cells],
+    [cells, caseInfo],
   );
 
   const reclassify = async (code: string) => {
@@ -249,28 +276,10 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
     }
   };
 
-  const signOff = async () => {
-    if (!caseInfo || !local) return;
-    const ok = await confirmAction(
-      `Sign off case ${caseInfo.accession_id}?`,
-      <p>
-        The differential of {local.cells_total} cells ({local.wbc_counted} WBC counted) becomes final.
-        {local.predicted_only ? ` ${local.predicted_only} cells are counted by the model's class only.` : ""}
-      </p>,
-      "Sign off",
-    );
-    if (!ok) return;
-    try {
-      const updated = await api.post("/api/cases/{case_id}/sign-off/", { path: { case_id: caseId } });
-      setCase({ ...caseInfo, ...updated });
-      showInfo(`Case ${updated.accession_id} is signed off.`);
-    } catch (e) {
-      showError(e, "signing off");
-    }
-  };
-
   if (!caseInfo || !cells || !local) return <p>Loading case…</p>;
-  const blocker = signOffBlocker(local, caseInfo.status);
+  const frozen = SIGNED.has(caseInfo.status);
+  const selectedCell = selected.size === 1 ? [...selected][0] : null;
+  const toReview = local.unidentified + local.open_review_items;
 
   return (
     <section class="case-review" aria-labelledby="case-title">
@@ -283,6 +292,14 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
       <p class="muted">
         {caseInfo.diagnosis || "No diagnosis recorded"} · {cells.length} cells · <a href="#/cases">all cases</a>
       </p>
+      {canLabel && !frozen && toReview > 0 && (
+        <p>
+          <a class="button" href={`#/label/case/${caseInfo.id}`} data-testid="review-open-cells">
+            Review this case's open cells
+          </a>{" "}
+          <span class="muted">the labelling screen, on this case's queued cells only</span>
+        </p>
+      )}
       <div class="review-layout">
         <div class="gallery-col">
           {canLabel && (
@@ -341,7 +358,7 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
             <Palette
               boot={boot}
               verb="Reclassify selected as"
-              disabled={caseInfo.status === "signed_off"}
+              disabled={frozen}
               onPick={(code) => void reclassify(code)}
             />
           )}
@@ -358,16 +375,10 @@ export function CaseReview({ boot, caseId, events }: { boot: Boot; caseId: numbe
               })()}
             </section>
           )}
-          {canLabel && (
-            <div class="signoff">
-              <button type="button" class="primary" onClick={signOff} disabled={!!blocker} aria-describedby="signoff-why" data-testid="signoff">
-                Sign off the case
-              </button>
-              <p id="signoff-why" class="muted">
-                {blocker ?? "Every cell has been reviewed; the case can be signed off."}
-              </p>
-            </div>
-          )}
+          <CellNotesPanel boot={boot} caseInfo={caseInfo} selectedCell={selectedCell} />
+          <InterpretationPanel boot={boot} caseInfo={caseInfo} />
+          <SignoffPanel boot={boot} caseInfo={caseInfo} refreshKey={caseInfo} onChanged={() => void refreshServer()} />
+          <LisStatusPanel boot={boot} caseId={caseId} refreshKey={caseInfo} />
         </aside>
       </div>
     </section>
@@ -379,28 +390,49 @@ export function DifferentialTable({ d }: { d: Differential }) {
   return (
     <div class="differential" data-testid="differential">
       <h2>Differential</h2>
-      <p class="muted">
-        {d.wbc_counted} WBC counted · {d.labelled} labelled · {d.predicted_only} by the model only · {d.unclassified} not classified
+      <p class="muted" data-testid="provenance">
+        {provenanceLine(d)}
       </p>
       <table class="data compact">
         <thead>
           <tr>
             <th scope="col">Class</th>
-            <th scope="col" class="num">Count</th>
-            <th scope="col" class="num">%</th>
+            <th scope="col" class="num" title="reviewed cells: in the portal and imported">
+              Count
+            </th>
+            <th scope="col" class="num">
+              %
+            </th>
+            <th scope="col" class="num" title="reviewed in the portal">
+              Portal
+            </th>
+            <th scope="col" class="num" title={`imported${d.imported_source ? ` (${d.imported_source})` : ""}`}>
+              Imp.
+            </th>
+            <th scope="col" class="num muted" title="the model's class only, not counted">
+              Model
+            </th>
           </tr>
         </thead>
         <tbody>
           {d.classes.map((c) => (
-            <tr key={c.code} data-code={c.code} class={c.count ? "" : "zero"}>
+            <tr key={c.code} data-code={c.code} class={c.count || c.model_only ? "" : "zero"}>
               <th scope="row" title={c.name}>
                 <span class="code">{c.code}</span> <span class="name">{c.name}</span>
-                {c.source === "model" || c.source === "mixed" ? <span class="muted"> ({c.predicted} model)</span> : null}
               </th>
               <td class="num" data-testid={`count-${c.code}`}>
                 {c.count}
               </td>
               <td class="num">{c.per_100_wbc !== null ? `${c.per_100_wbc.toFixed(1)} /100 WBC` : fmt(c.percent)}</td>
+              <td class="num" data-testid={`portal-${c.code}`}>
+                {c.reviewed_in_portal || ""}
+              </td>
+              <td class="num" data-testid={`imported-${c.code}`}>
+                {c.imported || ""}
+              </td>
+              <td class="num muted" data-testid={`model-${c.code}`}>
+                {c.model_only || ""}
+              </td>
             </tr>
           ))}
         </tbody>
@@ -409,14 +441,19 @@ export function DifferentialTable({ d }: { d: Differential }) {
             <th scope="row">Normal</th>
             <td class="num" data-testid="total-normal">{d.totals.normal.count}</td>
             <td class="num">{fmt(d.totals.normal.percent)}</td>
+            <td colSpan={3}></td>
           </tr>
           <tr>
             <th scope="row">Abnormal</th>
             <td class="num" data-testid="total-abnormal">{d.totals.abnormal.count}</td>
             <td class="num">{fmt(d.totals.abnormal.percent)}</td>
+            <td colSpan={3}></td>
           </tr>
         </tfoot>
       </table>
+      <p class="muted">
+        Counts and percentages are of reviewed cells; flags too. Pre-classified by {d.model_version ?? "no active model"}.
+      </p>
       <h3>Flags</h3>
       <ul class="flags" data-testid="flags">
         {d.flags.map((f) => (

@@ -227,11 +227,12 @@ def test_case_counts_and_differential_count_a_blinded_cell_by_the_model(world) -
     assert n_labelled(world["other"]) == 2  # the gold cell reads as unlabelled
     assert n_labelled(world["a"]) == 1  # and the cell they read independently
     admin, other, held = differential(world["admin"]), differential(world["other"]), None
-    assert admin["BA"]["labelled"] == 1 and admin["BA"]["source"] == "label"
-    assert other["BA"]["labelled"] == 0 and other["BA"]["predicted"] == 1
-    assert other["BA"]["source"] == "model" and other["LY"]["labelled"] == 1
+    assert admin["BA"]["count"] == 1 and admin["BA"]["imported"] == 1
+    assert admin["BA"]["model_only"] == 0
+    assert other["BA"]["count"] == 0 and other["BA"]["model_only"] == 1
+    assert other["LY"]["count"] == 1
     held = differential(world["a"])
-    assert held["LY"]["labelled"] == 0 and held["LY"]["predicted"] == 1
+    assert held["LY"]["count"] == 0 and held["LY"]["model_only"] == 1
     assert held["_"]["cells_total"] == admin["_"]["cells_total"] == 3
 
 

@@ -48,7 +48,7 @@ def test_admin_creates_a_case_and_a_duplicate_accession_is_409(admin_api, db) ->
     assert missing.status_code == 400 and "accession_id" in missing.json()["error"]["fields"]
 
 
-def test_differential_counts_labels_then_active_model_predictions(
+def test_differential_counts_reviewed_cells_and_shows_model_only_apart(
     heme_api, smear, django_assert_max_num_queries
 ) -> None:
     case = smear["case"]
@@ -57,18 +57,23 @@ def test_differential_counts_labels_then_active_model_predictions(
     assert response.status_code == 200
     diff = response.json()["differential"]
     by_code = {row["code"]: row for row in diff["classes"]}
-    # Labels: NE NE LY BL NR; model only: MO, MY, LY (the queued one).
-    assert by_code["NE"]["count"] == 2 and by_code["NE"]["source"] == "label"
-    assert by_code["MO"]["count"] == 1 and by_code["MO"]["source"] == "model"
-    assert by_code["LY"]["count"] == 2 and by_code["LY"]["source"] == "mixed"
-    assert diff["wbc_counted"] == 7  # 8 cells minus the NRBC
-    assert by_code["NE"]["percent"] == pytest.approx(28.6)
-    assert by_code["NR"]["percent"] is None and by_code["NR"]["per_100_wbc"] == pytest.approx(14.3)
-    assert diff["totals"]["normal"]["count"] == 5  # NE NE LY LY MO
-    assert diff["totals"]["abnormal"]["count"] == 2  # BL MY
-    assert diff["predicted_only"] == 3 and diff["open_review_items"] == 1
+    # Reviewed in the portal: NE NE LY BL NR; model only: MO, MY, LY (the queued one).
+    assert (by_code["NE"]["count"], by_code["NE"]["reviewed_in_portal"]) == (2, 2)
+    assert (by_code["MO"]["count"], by_code["MO"]["model_only"]) == (0, 1)
+    assert (by_code["LY"]["count"], by_code["LY"]["model_only"]) == (1, 1)
+    assert diff["wbc_counted"] == 4  # reviewed: NE NE LY BL (the NRBC is not a WBC)
+    assert diff["model_only_wbc"] == 3
+    assert by_code["NE"]["percent"] == pytest.approx(50.0)
+    assert by_code["MO"]["percent"] == 0.0 and by_code["MO"]["model_only_percent"] == 33.3
+    assert by_code["NR"]["percent"] is None and by_code["NR"]["per_100_wbc"] == pytest.approx(25.0)
+    assert diff["totals"]["normal"]["count"] == 3  # NE NE LY
+    assert diff["totals"]["abnormal"]["count"] == 1  # BL
+    assert diff["model_only"] == 3 and diff["open_review_items"] == 1
+    assert diff["unidentified"] == 1  # the queued LY at 0.40
+    assert diff["reviewed_in_portal"] == 5 and diff["imported"] == 0
+    # Left shift is not flagged: the only myelocyte is the model's guess.
     flags = {f["code"] for f in diff["flags"]}
-    assert flags == {"blasts_present", "nrbc_over_5", "left_shift", "unreviewed_cells"}
+    assert flags == {"blasts_present", "nrbc_over_5", "unreviewed_cells"}
 
 
 def test_case_detail_query_count_does_not_grow_with_cells(
@@ -89,26 +94,40 @@ def test_unknown_case_is_404_in_the_error_shape(heme_api, db) -> None:
 
 
 def test_signoff_is_refused_while_cells_are_open_then_accepted(heme_api, smear) -> None:
+    # Sign-off now needs the password again and meets the lab's review rules
+    # (tests/annotation/test_review_rules.py has the rules one by one).
+    from annotation.models import ReviewRules
+    from tests.annotation.api.conftest import PASSWORD
+
+    ReviewRules.objects.update_or_create(pk=1, defaults={"count_target": 0})
     case = smear["case"]
-    refused = heme_api.post(f"/api/cases/{case.pk}/sign-off/")
+    refused = heme_api.post(f"/api/cases/{case.pk}/sign-off/", {"password": PASSWORD})
     assert refused.status_code == 409
     error = refused.json()["error"]
-    assert error["code"] == "cells_still_open" and error["fields"]["open_cells"] == "1"
-    ReviewItem.objects.filter(cell__case=case).update(status="done")
-    accepted = heme_api.post(f"/api/cases/{case.pk}/sign-off/")
-    assert accepted.status_code == 200 and accepted.json()["status"] == "signed_off"
+    assert error["code"] == "signoff_rules_unmet"
+    assert set(error["fields"]) == {"count_target_not_reached", "unidentified_cells"}
+    for cell, code in zip(smear["unlabelled"], ("MO", "MY", "LY"), strict=True):
+        labelled = heme_api.post(f"/api/cells/{cell.pk}/labels/", {"code": code})
+        assert labelled.status_code == 201, labelled.content
+    accepted = heme_api.post(f"/api/cases/{case.pk}/sign-off/", {"password": PASSWORD})
+    assert accepted.status_code == 200, accepted.content
+    assert accepted.json()["case"]["status"] == "signed_off"
     event = AuditEvent.objects.get(action="case.signoff")
-    assert event.actor.username == "u_hematologist" and event.after == {"status": "signed_off"}
-    again = heme_api.post(f"/api/cases/{case.pk}/sign-off/")
+    assert event.actor.username == "u_hematologist" and event.after["status"] == "signed_off"
+    again = heme_api.post(f"/api/cases/{case.pk}/sign-off/", {"password": PASSWORD})
     assert again.status_code == 409 and again.json()["error"]["code"] == "already_signed_off"
 
 
 def test_signoff_is_refused_for_unsettled_label_conflicts(heme_api, smear) -> None:
+    from tests.annotation.api.conftest import PASSWORD
+
     ReviewItem.objects.all().delete()
     cell = smear["unlabelled"][0]
     cell.has_label_conflict = True
     cell.save(update_fields=["has_label_conflict"])
-    assert heme_api.post(f"/api/cases/{smear['case'].pk}/sign-off/").status_code == 409
+    response = heme_api.post(f"/api/cases/{smear['case'].pk}/sign-off/", {"password": PASSWORD})
+    assert response.status_code == 409
+    assert "open_disagreements" in response.json()["error"]["fields"]
 
 
 def test_json_with_a_nul_character_is_a_400_not_a_database_error(admin_api, db) -> None:

@@ -82,6 +82,9 @@ POSITIVE_DATA_NOT_ACCEPTABLE = {
     # Training flags are checked by the training CLI's own parser (mlworker/train/config.py):
     # generated strings are not flags, 400 naming them.
     "POST /api/training-jobs/",
+    # Coded comments must be codes from the lab's list (GET /api/review-rules/), a setting
+    # the schema cannot enumerate: other codes are 400 naming the list.
+    "PUT /api/cases/{case_id}/interpretation/",
 }
 
 
