@@ -6,6 +6,6 @@ what registers their tasks in each worker. Task names are part of the wire forma
 when the tasks lived in ``mlworker/tasks.py``.
 """
 
-from annotation.tasks import exports, housekeeping, pipeline, training
+from annotation.tasks import exports, housekeeping, lis, pipeline, training
 
-__all__ = ["exports", "housekeeping", "pipeline", "training"]
+__all__ = ["exports", "housekeeping", "lis", "pipeline", "training"]
