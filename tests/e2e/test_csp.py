@@ -23,6 +23,7 @@ SCREENS = [
     "/#/label",
     "/#/cases",
     "/#/adjudicate",
+    "/#/exports",
     "/#/admin/models",
     "/#/admin/training",
     "/#/admin/queue",

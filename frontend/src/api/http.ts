@@ -5,6 +5,9 @@
 // URLs come from the schema's paths.
 
 export class ApiError extends Error {
+  /** the call that failed, as requestKey() names it (set by request()) */
+  request?: string;
+
   constructor(
     message: string,
     readonly status: number,
@@ -13,6 +16,22 @@ export class ApiError extends Error {
   ) {
     super(message);
   }
+}
+
+/** One name per call: the method and the URL's path (its query left out), e.g.
+ * "PATCH /api/routing-config/". A later success of the same call makes an error shown
+ * for it out of date (../ui.tsx). */
+export function requestKey(method: string, url: string): string {
+  return `${method.toUpperCase()} ${url.split("?")[0].replace(/^https?:\/\/[^/]+/, "")}`;
+}
+
+/** Told the requestKey of every call that succeeded. */
+export const requestSucceeded = new Set<(key: string) => void>();
+
+/** The requestKey an error carries, when it came from request(). */
+export function failedRequest(error: unknown): string | undefined {
+  const key = (error as { request?: unknown } | null)?.request;
+  return typeof key === "string" ? key : undefined;
 }
 
 export function csrfToken(): string {
@@ -68,23 +87,33 @@ export async function request<T>(
     headers["Content-Type"] = "application/json";
     payload = JSON.stringify(body);
   }
-  const response = await fetch(url, {
-    method,
-    headers,
-    body: payload,
-    credentials: "same-origin",
-    ...init,
-  });
-  if (response.status === 204) return undefined as T;
+  const key = requestKey(method, url);
+  let response: Response;
+  try {
+    response = await fetch(url, {
+      method,
+      headers,
+      body: payload,
+      credentials: "same-origin",
+      ...init,
+    });
+  } catch (error) {
+    if (error instanceof Error) Object.assign(error, { request: key });
+    throw error;
+  }
   const type = response.headers.get("Content-Type") ?? "";
-  const data: unknown = type.includes("json") ? await response.json().catch(() => null) : null;
+  const data: unknown =
+    response.status !== 204 && type.includes("json") ? await response.json().catch(() => null) : null;
   if (!response.ok) {
     if (response.status === 401 || (response.status === 403 && isSignedOut(data))) {
       window.dispatchEvent(new CustomEvent("wbc:signed-out"));
     }
-    throw errorFromBody(response.status, data, response.statusText);
+    const error = errorFromBody(response.status, data, response.statusText);
+    error.request = key;
+    throw error;
   }
-  return data as T;
+  for (const listener of requestSucceeded) listener(key);
+  return (response.status === 204 ? undefined : data) as T;
 }
 
 function isSignedOut(data: unknown): boolean {

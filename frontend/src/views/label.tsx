@@ -9,7 +9,7 @@ import { buildKeyMap, useKeyActions, type KeyAction, type KeyMap } from "../keys
 import { formatPercent, normaliseLease, reasonText, topClasses } from "../labelling";
 import { LabelQueue, type QueueApi } from "../queue";
 import type { Boot, CellDetail, Diff14Code, QueueCounts, ReviewItem } from "../types";
-import { Kbd, showError, showInfo } from "../ui";
+import { Kbd, dialogOpen, showError, showInfo } from "../ui";
 
 const api: QueueApi = {
   lease: async (count) => normaliseLease(await client.post("/api/queue/next/", { body: { count } })),
@@ -35,7 +35,8 @@ declare global {
   }
 }
 
-export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
+/** `opened` changes whenever the screen is opened again from the header (app.tsx). */
+export function LabelScreen({ boot, events, opened = 0, caseId }: { boot: Boot; events: Events; opened?: number; caseId?: number }) {
   const codes = boot.taxonomy.map((c) => c.code);
   const names = useMemo(() => new Map(boot.taxonomy.map((c) => [c.code, c.name])), []);
   const keymap = useMemo<KeyMap | Error>(() => {
@@ -78,7 +79,8 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
 
   const queue = useMemo(
     () =>
-      new LabelQueue(api, {
+      // "Review this case's open cells": leases from that case only (POST queue/next "case").
+      new LabelQueue(caseId ? { ...api, lease: async (count) => normaliseLease(await client.post("/api/queue/next/", { body: { count, case: caseId } })) } : api, {
         depth: boot.label_prefetch ?? 4,
         prepare,
         onChange: rerender,
@@ -116,7 +118,6 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
     const back = (e: PageTransitionEvent) => e.persisted && location.reload();
     window.addEventListener("pagehide", release);
     window.addEventListener("pageshow", back);
-    viewer.current?.focus();
     return () => {
       off();
       window.removeEventListener("pagehide", release);
@@ -124,6 +125,14 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
       release();
     };
   }, []);
+
+  // The keys act on the cell: the focus goes to it whenever the screen opens (first
+  // mount, or its header link clicked again, which would otherwise keep the focus and
+  // take Enter for itself), and after each label or skip (see perform).
+  const focusCell = () => {
+    if (!dialogOpen()) viewer.current?.focus({ preventScroll: true });
+  };
+  useEffect(focusCell, [opened]);
 
   const snap = queue.snapshot();
   const shown = snap.shown;
@@ -139,6 +148,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
       case "label":
         moves();
         queue.label(action.code);
+        focusCell();
         break;
       case "accept":
         moves();
@@ -146,6 +156,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
           pendingStart.current = null;
           showError("This cell has no model suggestion to accept; choose a class.");
         }
+        focusCell();
         break;
       case "undo":
         if (!queue.undo()) showInfo("Nothing to undo: no cell labelled in this session yet.");
@@ -157,6 +168,7 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
         }
         moves();
         queue.skip();
+        focusCell();
         break;
       case "flag":
         if (!queue.flag()) showInfo("Nothing to flag here.");
@@ -193,6 +205,12 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
     else el?.addEventListener("load", done, { once: true });
   }, [shown?.id, shown?.cell.id]);
 
+  // A control that held the focus can vanish or be disabled (no cell yet): the focus
+  // falls to the page's body, where Enter would do nothing useful; give it to the cell.
+  useEffect(() => {
+    const active = document.activeElement;
+    if (!active || active === document.body) focusCell();
+  }, [shown?.id]);
 
   if (keymap instanceof Error) {
     return <p class="message error" role="alert">The class keys cannot be used: {keymap.message}</p>;
@@ -209,6 +227,12 @@ export function LabelScreen({ boot, events }: { boot: Boot; events: Events }) {
   return (
     <section class="label-screen" aria-labelledby="label-title">
       <h1 id="label-title" class="visually-hidden">Label cells</h1>
+      {caseId && (
+        <p class="banner" role="status" data-testid="label-case-only">
+          Only the open cells of one case. <a href={`#/cases/${caseId}`}>Back to the case</a> ·{" "}
+          <a href="#/label">every queued cell</a>
+        </p>
+      )}
       <div class="counters" aria-live="polite" data-testid="counters">
         <span>
           Labelled this session: <strong data-testid="labelled-count">{snap.labelled}</strong>
@@ -369,7 +393,7 @@ export function Palette({
                 onClick={(e) => onPick(c.code, e)}
               >
                 <Kbd k={c.key} /> <span class="code">{c.code}</span> <span class="name">{c.name}</span>
-                {c.code === suggested && <span class="sugg"> ★ suggested</span>}
+                {c.code === suggested && <span class="sugg">★ suggested</span>}
               </button>
             ))}
         </fieldset>
