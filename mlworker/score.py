@@ -13,8 +13,17 @@ Data path (see mlworker/classifier.md):
   ``torch.inference_mode()``; bf16 autocast on CUDA, fp32 on CPU unless
   ``precision="bf16"`` is asked for (see mlworker/device.py).
 
+Engines (``engine=``, ``mlworker.onnx_engine.ENGINES``): ``torch`` (the reference path
+above, any device) or, for a worker without a GPU, ``onnx`` / ``onnx-int8``: the same
+model, input scaling, TTA and temperature exported to one ONNX graph and run with ONNX
+Runtime (see mlworker/onnx_engine.py and docs/cpu-scoring.md). Decoding and resizing are
+shared; only the forward pass differs. An ONNX engine that cannot be prepared (export,
+quantisation or session fails) is logged and the scorer stays on torch: ``engine`` says
+what a scorer actually runs.
+
 An unreadable image yields an ``ImageScore`` with ``error`` set; the rest of its batch
-is scored. CLI: ``python -m mlworker.score --checkpoint CKPT --images DIR [--json OUT]``.
+is scored. CLI: ``python -m mlworker.score --checkpoint CKPT --images DIR [--json OUT]
+[--engine onnx]``.
 """
 
 from __future__ import annotations
@@ -49,6 +58,14 @@ from mlworker.model import (
     load_checkpoint,
     model_from_checkpoint,
     preset_from_checkpoint,
+)
+from mlworker.onnx_engine import (
+    DEFAULT_ENGINE,
+    ENGINES,
+    OnnxEngineError,
+    OnnxModel,
+    check_engine,
+    prepare_onnx,
 )
 from mlworker.presets import to_uint8_tensor, tta_views
 
@@ -95,25 +112,85 @@ def default_workers() -> int:
     return max(1, min(8, cores // 2)) if torch.cuda.is_available() else max(1, cores // 4)
 
 
+def default_onnx_dir() -> Path:
+    """Where the CLI keeps exported ONNX files: ``$XDG_CACHE_HOME/wbc-portal/onnx``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "wbc-portal" / "onnx"
+
+
 class Scorer:
-    """A loaded model ready to score; keep one per worker process and reuse it."""
+    """A loaded model ready to score; keep one per worker process and reuse it.
+
+    ``engine``: "torch" (the reference), "onnx" or "onnx-int8" (CPU; exported into
+    ``onnx_dir`` on first use, int8 calibrated on ``calibration``: cell images as for
+    ``score``). ``onnx_threads``: ONNX Runtime's intra-op threads (None: the cores this
+    process may use).
+    """
 
     def __init__(
         self,
         checkpoint: Checkpoint | str | Path,
         runtime: Runtime | None = None,
         decode_on_device: bool | None = None,
+        *,
+        engine: str = DEFAULT_ENGINE,
+        onnx_dir: str | Path | None = None,
+        calibration: Sequence[ImageInput] | None = None,
+        onnx_threads: int | None = None,
     ) -> None:
         ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
-        self.runtime = runtime or choose_runtime()
+        self.engine_requested = check_engine(engine)
         self.codes: list[str] = list(ckpt["class_codes"])
         self.temperature = float(ckpt["temperature"])
         self.arch = ckpt["arch"]
         self.preset = preset_from_checkpoint(ckpt)
+        self.onnx: OnnxModel | None = None
+        if engine != "torch":
+            self.onnx = self._prepare_onnx(ckpt, engine, onnx_dir, calibration, onnx_threads)
+        # the ONNX engines run on the CPU: decoding there too (no nvJPEG round trip)
+        self.runtime = runtime or choose_runtime("cpu" if self.onnx else None)
         self.model = self.runtime.prepare_model(fuse_batchnorm(model_from_checkpoint(ckpt)))
         self.decode_on_device = (
             self.runtime.is_cuda if decode_on_device is None else decode_on_device
-        )
+        ) and self.onnx is None
+
+    @property
+    def engine(self) -> str:
+        """The engine this scorer runs (the torch fallback when an ONNX one failed)."""
+        return self.onnx.engine if self.onnx is not None else "torch"
+
+    def _prepare_onnx(
+        self,
+        ckpt: Checkpoint,
+        engine: str,
+        onnx_dir: str | Path | None,
+        calibration: Sequence[ImageInput] | None,
+        threads: int | None,
+    ) -> OnnxModel | None:
+        cache = Path(onnx_dir) if onnx_dir is not None else default_onnx_dir()
+        try:
+            # fp32 needs a few real cells only, for the export's check against torch
+            images = list(calibration or [])
+            pixels = self._calibration_pixels(images if engine == "onnx-int8" else images[:16])
+            if engine == "onnx-int8" and not pixels:
+                raise OnnxEngineError("no readable calibration cells for int8")
+            model = prepare_onnx(ckpt, engine, cache, calibration=pixels, threads=threads)
+        except (OnnxEngineError, OSError, ImportError) as exc:
+            logger.warning(
+                "scoring engine %s unavailable for %s, scoring with torch: %s",
+                engine,
+                self.arch,
+                exc,
+            )
+            return None
+        logger.info("scoring engine: %s", model.describe())
+        return model
+
+    def _calibration_pixels(self, images: Sequence[ImageInput]) -> list[torch.Tensor]:
+        """Calibration images decoded and resized as scoring does (unreadable ones left
+        out)."""
+        dataset = CellImages(list(images), transform=self._cpu_transform)
+        return [e["image"] for e in (dataset[i] for i in range(len(dataset))) if not e["error"]]
 
     def score(
         self,
@@ -201,7 +278,15 @@ class Scorer:
             errors=errors,
         )
 
-    def _score_batch(self, images: torch.Tensor) -> list[ImageScore]:
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 (N, 3, S, S) -> pooled features, logits, calibrated probabilities."""
+        if self.onnx is not None:
+            out = self.onnx.run(images)
+            return (
+                torch.from_numpy(out.features),
+                torch.from_numpy(out.logits),
+                torch.from_numpy(out.probabilities),
+            )
         x = self.preset.normalize(self.runtime.prepare_batch(images))
         with inference(self.runtime):
             # the checkpoint's test-time augmentation: features and logits averaged over views
@@ -211,7 +296,11 @@ class Scorer:
             ]
             features = torch.stack([f.float() for f, _ in outputs]).mean(0)
             logits = torch.stack([out.float() for _, out in outputs]).mean(0)
-            probs = softmax_with_temperature(logits, self.temperature)
+            return features, logits, softmax_with_temperature(logits, self.temperature)
+
+    def _score_batch(self, images: torch.Tensor) -> list[ImageScore]:
+        features, logits, probs = self._forward(images)
+        with torch.inference_mode():
             top2 = probs.topk(2, dim=1)
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
         out = {
@@ -308,18 +397,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="decode workers (auto)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="autocast")
+    parser.add_argument(
+        "--engine", default=DEFAULT_ENGINE, choices=ENGINES, help="torch, or ONNX Runtime (CPU)"
+    )
+    parser.add_argument(
+        "--onnx-dir", default=None, help=f"ONNX export cache (default {default_onnx_dir()})"
+    )
+    parser.add_argument(
+        "--calibration", default=None, help="cell images (folder) to calibrate onnx-int8 on"
+    )
+    parser.add_argument("--onnx-threads", type=int, default=None, help="ONNX Runtime threads")
     return parser
 
 
 def main(args: argparse.Namespace) -> list[ImageScore]:
     paths = list_images(args.images)
-    scorer = Scorer(args.checkpoint, runtime=choose_runtime(args.device, args.precision))
+    if args.engine == "onnx-int8" and not args.calibration:
+        raise SystemExit("--engine onnx-int8 needs --calibration (a folder of cell images)")
+    scorer = Scorer(
+        args.checkpoint,
+        runtime=choose_runtime(args.device, args.precision),
+        engine=args.engine,
+        onnx_dir=args.onnx_dir,
+        calibration=list_images(args.calibration) if args.calibration else None,
+        onnx_threads=args.onnx_threads,
+    )
     scores = scorer.score(paths, batch_size=args.batch_size, num_workers=args.workers)
     failed = sum(s.error is not None for s in scores)
     if args.json:
         payload = {
             "checkpoint": str(args.checkpoint),
             "arch": scorer.arch,
+            "engine": scorer.engine,
             "temperature": scorer.temperature,
             "class_codes": scorer.codes,
             "results": [s.as_dict(scorer.codes, args.features) for s in scores],

@@ -10,6 +10,7 @@ import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
@@ -22,10 +23,14 @@ from annotation.services.audit import audit_event_create
 from annotation.services.events import JOBS_GROUP, broadcast
 from annotation.services.pipeline import gold_cells_enqueue_scoring
 from annotation.services.routing import review_queue_reset_for_new_version
+from annotation.storage import storage_local_path, storage_read_bytes
 from annotation.types import UserLike
 
 if TYPE_CHECKING:
+    import torch
+
     from mlworker.model import Checkpoint
+    from mlworker.score import Scorer
 
 # mlworker.model pulls in torch (about 6 s and 300 MB): imported where a checkpoint is
 # read, so the web process, which only lists versions, never loads it.
@@ -97,6 +102,57 @@ def model_version_checkpoint(version: ModelVersion) -> Checkpoint:
     with default_storage.open(str(version.checkpoint.name), "rb") as fh:
         data = fh.read()
     return load_checkpoint(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+
+def _calibration_inputs(limit: int) -> list[Path | torch.Tensor]:
+    """The oldest ``limit`` cells that are not failed, as scoring inputs (a local path, or
+    the decoded image where the storage is remote). The oldest, so that a worker that
+    restarts calibrates on the same cells and finds its int8 file in the cache."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    inputs: list[Path | torch.Tensor] = []
+    names = (
+        CellImage.objects.exclude(processing=CellImage.Processing.FAILED)
+        .order_by("id")
+        .values_list("image", flat=True)[:limit]
+    )
+    for name in names:
+        path = storage_local_path(str(name))
+        if path is not None:
+            inputs.append(path)
+            continue
+        try:
+            data = torch.frombuffer(bytearray(storage_read_bytes(str(name))), dtype=torch.uint8)
+            inputs.append(decode_image(data, mode=ImageReadMode.RGB))
+        except (OSError, RuntimeError):  # unreadable: left out of the calibration
+            continue
+    return inputs
+
+
+def model_version_scorer(version: ModelVersion) -> Scorer:
+    """A ``Scorer`` for the version with this worker's engine (``WBC_SCORING_ENGINE``).
+
+    The ONNX engines export the checkpoint on first use in each worker into
+    ``WBC_ONNX_CACHE_DIR`` (then reused; int8 calibrated on the oldest
+    ``WBC_ONNX_CALIBRATION_CELLS`` cells). An export that fails leaves the scorer on
+    torch (logged; ``scorer.engine`` says "torch"), so scoring never depends on it.
+    """
+    from mlworker.score import Scorer
+
+    engine = settings.WBC_SCORING_ENGINE
+    calibration = None
+    if engine != "torch":
+        calibration = _calibration_inputs(
+            settings.WBC_ONNX_CALIBRATION_CELLS if engine == "onnx-int8" else 16
+        )
+    return Scorer(
+        model_version_checkpoint(version),
+        engine=engine,
+        onnx_dir=settings.WBC_ONNX_CACHE_DIR,
+        calibration=calibration,
+        onnx_threads=settings.WBC_ONNX_THREADS or None,
+    )
 
 
 def _activate(

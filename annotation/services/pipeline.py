@@ -185,12 +185,11 @@ def cells_segment(*, cell_ids: Sequence[int]) -> dict[str, int]:
 
 
 def _scorer(version: ModelVersion) -> Scorer:
-    from annotation.services.model_registry import model_version_checkpoint
-    from mlworker.score import Scorer
+    from annotation.services.model_registry import model_version_scorer
 
     if version.pk not in _scorers:
         _scorers.clear()
-        _scorers[version.pk] = Scorer(model_version_checkpoint(version))
+        _scorers[version.pk] = model_version_scorer(version)  # this worker's engine
     return _scorers[version.pk]
 
 
@@ -233,9 +232,12 @@ def cells_score(*, cell_ids: Sequence[int], version_id: int | None = None) -> di
         if c.pk not in already
     ]
     failed = 0
+    engine = None
     if cells:
         inputs = [_scoring_input(str(cell.image.name)) for cell in cells]
-        scores = _scorer(version).score(inputs, batch_size=SCORE_BATCH_SIZE, num_workers=0)
+        scorer = _scorer(version)
+        engine = scorer.engine
+        scores = scorer.score(inputs, batch_size=SCORE_BATCH_SIZE, num_workers=0)
         rows: list[dict[str, object]] = []
         for cell, score in zip(cells, scores, strict=True):
             if score.error is not None:
@@ -262,6 +264,7 @@ def cells_score(*, cell_ids: Sequence[int], version_id: int | None = None) -> di
         "failed": failed,
         "already": len(already),
         "routed": routed,
+        "engine": engine,  # None when nothing needed scoring
     }
 
 
