@@ -279,6 +279,7 @@ class RoutingConfigSerializer(serializers.ModelSerializer[RoutingConfig]):
             "strategy",
             "lease_seconds",
             "retrain_min_new_labels",
+            "retrain_every_labels",
             "labels_required_abnormal",
             "gold_rate",
             "updated_at",
@@ -309,6 +310,11 @@ class RoutingConfigApi(APIView):
         lease_seconds = serializers.IntegerField(required=False, **_bounds("lease_seconds"))
         retrain_min_new_labels = serializers.IntegerField(
             required=False, **_bounds("retrain_min_new_labels")
+        )
+        retrain_every_labels = serializers.IntegerField(
+            required=False,
+            help_text="retrain as soon as this many new hematologist labels exist (0: off)",
+            **_bounds("retrain_every_labels"),
         )
         labels_required_abnormal = serializers.IntegerField(
             required=False,

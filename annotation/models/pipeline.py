@@ -119,6 +119,9 @@ class RoutingConfig(models.Model):
     strategy = models.CharField(max_length=32, default="default")
     lease_seconds = models.PositiveIntegerField(default=600)
     retrain_min_new_labels = models.PositiveIntegerField(default=200)
+    # Retrain as soon as this many new hematologist labels exist since the last training
+    # job was opened (0: off; only the scheduled rule retrains).
+    retrain_every_labels = models.PositiveIntegerField(default=0)
     # Independent reads for cells predicted as an abnormal class (the case's own setting
     # applies when higher).
     labels_required_abnormal = models.PositiveSmallIntegerField(default=1)
@@ -192,6 +195,7 @@ class TrainingJob(models.Model):
         SCHEDULE = "schedule", "Schedule"
         ADMIN = "admin", "Admin"
         API = "api", "API"
+        LABELS = "labels", "After N labels"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 
 from annotation.errors import ApplicationError, get_or_404
@@ -7,6 +9,8 @@ from annotation.models import CellImage, Label, ReviewItem
 from annotation.services.audit import audit_event_create
 from annotation.types import UserLike
 from mlworker.taxonomy import CODES
+
+logger = logging.getLogger(__name__)
 
 
 def _label_state(label: Label | None) -> dict[str, object] | None:
@@ -25,6 +29,21 @@ def _case_label_landed(*, case_id: int, user: UserLike | None) -> None:
     from annotation.services.cases import case_label_landed
 
     case_label_landed(case_id=case_id, user=user)
+
+
+def _retrain_after_labels_on_commit() -> None:
+    """Once the label is committed, let the label-count rule decide whether to retrain
+    (annotation/services/training/schedule.py; off unless an admin set N)."""
+
+    def check() -> None:
+        from annotation.services.training import retrain_after_labels
+
+        try:
+            retrain_after_labels()
+        except Exception:  # the label is stored; a failed check must not fail the request
+            logger.exception("retraining after labels: check failed")
+
+    transaction.on_commit(check)
 
 
 def valid_code(code: str, *, field: str = "code") -> str:
@@ -101,6 +120,8 @@ def cell_label_create(
         cell.save(update_fields=["current_label", "has_label_conflict"])
         if source != Label.Source.IMPORTED:
             _close_open_review_items(cell_id=cell.pk, label=label, annotator=annotator)
+        if source == Label.Source.HEMATOLOGIST:
+            _retrain_after_labels_on_commit()
         audit_event_create(
             actor=annotator,
             action="label.supersede" if previous else "label.create",
@@ -124,6 +145,7 @@ def cell_label_read_create(*, item: ReviewItem, code: str, annotator: UserLike) 
         source=Label.Source.HEMATOLOGIST,
         review_item=item,
     )
+    _retrain_after_labels_on_commit()
     audit_event_create(
         actor=annotator,
         action="label.read",

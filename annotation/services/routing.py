@@ -30,6 +30,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "audit_rate": (0.0, 1.0),
     "lease_seconds": (30, 24 * 3600),
     "retrain_min_new_labels": (1, 10_000_000),
+    "retrain_every_labels": (0, 10_000_000),
     "labels_required_abnormal": (1, 5),
     "gold_rate": (0.0, 0.5),
 }

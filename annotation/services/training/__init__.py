@@ -31,7 +31,12 @@ from annotation.services.training.run import (
     training_job_run,
     training_job_start_from_task,
 )
-from annotation.services.training.schedule import retrain_if_due, retrain_is_due
+from annotation.services.training.schedule import (
+    retrain_after_labels,
+    retrain_after_labels_is_due,
+    retrain_if_due,
+    retrain_is_due,
+)
 
 __all__ = [
     "EVALUATION_FRACTION",
@@ -41,6 +46,8 @@ __all__ = [
     "TrainingCancelled",
     "evaluation_set_get_or_create",
     "labelled_cells",
+    "retrain_after_labels",
+    "retrain_after_labels_is_due",
     "retrain_if_due",
     "retrain_is_due",
     "training_job_cancel",

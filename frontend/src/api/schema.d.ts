@@ -1831,6 +1831,7 @@ export interface components {
             strategy: string;
             lease_seconds: number;
             retrain_min_new_labels: number;
+            retrain_every_labels: number;
             labels_required_abnormal: number;
             /** Format: double */
             gold_rate: number;
@@ -1856,6 +1857,8 @@ export interface components {
             strategy?: components["schemas"]["StrategyEnum"];
             lease_seconds?: number;
             retrain_min_new_labels?: number;
+            /** @description retrain as soon as this many new hematologist labels exist (0: off) */
+            retrain_every_labels?: number;
             /** @description independent reads for cells predicted abnormal (1-5) */
             labels_required_abnormal?: number;
             /**
@@ -2052,9 +2055,10 @@ export interface components {
          * @description * `schedule` - Schedule
          *     * `admin` - Admin
          *     * `api` - API
+         *     * `labels` - After N labels
          * @enum {string}
          */
-        TriggerEnum: "schedule" | "admin" | "api";
+        TriggerEnum: "schedule" | "admin" | "api" | "labels";
         UnmetRule: {
             code: string;
             message: string;

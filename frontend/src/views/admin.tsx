@@ -396,7 +396,7 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
     e.preventDefault();
     if (!config) return;
     const changed: Record<string, unknown> = {};
-    for (const k of ["confidence_threshold", "weak_class_tpr", "audit_rate", "strategy", "lease_seconds", "retrain_min_new_labels", "labels_required_abnormal"] as const) {
+    for (const k of ["confidence_threshold", "weak_class_tpr", "audit_rate", "strategy", "lease_seconds", "retrain_min_new_labels", "retrain_every_labels", "labels_required_abnormal"] as const) {
       if (form[k] !== config[k]) changed[k] = form[k];
     }
     if (!Object.keys(changed).length) {
@@ -472,6 +472,7 @@ function QueueTab({ boot, events }: { boot: Boot; events: Events }) {
           </label>
           {num("lease_seconds", "Lease (seconds)", "1", "how long a cell stays with one person")}
           {num("retrain_min_new_labels", "Labels before scheduled retraining", "1", "new hematologist labels needed")}
+          {num("retrain_every_labels", "Retrain after every N labels", "1", "starts retraining as soon as N new hematologist labels exist; 0 = only the nightly schedule")}
           {num("labels_required_abnormal", "Independent reads (abnormal)", "1", "reads a cell predicted abnormal needs; 2 = double reading (1–5)")}
           <p>
             <button type="submit" class="primary">

@@ -10,10 +10,12 @@ from django.utils import timezone
 
 from annotation.errors import ApplicationError
 from annotation.models import Case, CellImage, EvaluationSet, Label, TrainingJob
+from annotation.services.labels import cell_label_create
 from annotation.services.routing import routing_config_update
 from annotation.services.training import (
     evaluation_set_get_or_create,
     labelled_cells,
+    retrain_after_labels_is_due,
     retrain_if_due,
     retrain_is_due,
     training_job_cancel,
@@ -89,6 +91,47 @@ def test_schedule_starts_training_only_past_the_label_threshold(hematologist) ->
         status="succeeded", lock=None, started_at=timezone.now(), finished_at=timezone.now()
     )
     assert retrain_is_due()[0] is False
+
+
+def test_retraining_starts_after_every_n_labels_when_an_admin_asks(
+    hematologist, django_capture_on_commit_callbacks
+) -> None:
+    """The label-count rule, through the label service as the queue's submit uses it."""
+    case = Case.objects.create(accession_id="N")
+    cells = [
+        CellImage.objects.create(
+            case=case, image=f"n/{i}.jpg", sha256=f"{i + 9000:064x}", width=1, height=1
+        )
+        for i in range(7)
+    ]
+
+    def label(cell: CellImage, source: str = "hematologist") -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            cell_label_create(
+                cell_id=cell.pk,
+                code="NE",
+                annotator=None if source == "imported" else hematologist,
+                source=source,
+            )
+
+    label(cells[0])  # off by default: nothing opens, however many labels
+    assert not TrainingJob.objects.exists()
+    assert retrain_after_labels_is_due() == (False, "retraining after N labels is off")
+    routing_config_update(user=None, retrain_every_labels=3)
+    label(cells[1])  # 2 of 3 (the label given while it was off counts: no job since)
+    label(cells[2], source="imported")  # imported labels do not count
+    assert not TrainingJob.objects.exists()
+    label(cells[3])
+    job = TrainingJob.objects.get()
+    assert job.trigger == "labels" and job.status == "queued" and job.created_by is None
+    # while that job is open, more labels open nothing (and the person labelling sees no error)
+    for cell in cells[4:7]:
+        label(cell)
+    assert TrainingJob.objects.count() == 1
+    # counted from the job's opening: the three labels since then make the next one due
+    TrainingJob.objects.filter(pk=job.pk).update(status="failed", lock=None)
+    due, why = retrain_after_labels_is_due()
+    assert due and "3 new hematologist labels" in why
 
 
 def test_imported_labels_do_not_trigger_the_schedule() -> None:
