@@ -55,6 +55,12 @@ class CaseFilters:
     search: str | None = None
 
 
+def _cells(n: int, one: str = "", many: str = "", what: str = "") -> str:
+    """ "1 cell is" / "3 cells are": counts in messages read as sentences."""
+    verb = one if n == 1 else many
+    return f"{n} {what}{'cell' if n == 1 else 'cells'}{' ' + verb if verb else ''}"
+
+
 def case_list(
     *, filters: CaseFilters | None = None, user: UserLike | None = None
 ) -> QuerySet[Case]:
@@ -251,7 +257,7 @@ def case_differential(*, case: Case, user: UserLike | None = None) -> dict[str, 
         flags.append(
             {
                 "code": "unreviewed_cells",
-                "message": f"{open_cells} cells open in the review queue, {n_model_only} "
+                "message": f"{_cells(open_cells)} open in the review queue, {n_model_only} "
                 f"classified by the model only, {unclassified} not classified yet; they are "
                 "not in the counts.",
             }
@@ -260,7 +266,7 @@ def case_differential(*, case: Case, user: UserLike | None = None) -> dict[str, 
         flags.append(
             {
                 "code": "label_conflicts",
-                "message": f"{conflicts} cells have conflicting imported labels that "
+                "message": f"{_cells(conflicts, 'has', 'have')} conflicting imported labels that "
                 "nobody has settled.",
             }
         )
@@ -352,7 +358,7 @@ def signoff_rules_unmet(
         unmet.append(
             {
                 "code": "unidentified_cells",
-                "message": f"{d['unidentified']} cells are unidentified (queued, or the model "
+                "message": f"{_cells(d['unidentified'], 'is', 'are')} unidentified (queued, or the model "
                 f"is below {d['confidence_threshold']:.0%} sure, or it has not classified "
                 "them): classify them first.",
             }
@@ -361,7 +367,7 @@ def signoff_rules_unmet(
         unmet.append(
             {
                 "code": "cells_still_open",
-                "message": f"{d['open_labelled_cells']} labelled cells are still open in the review "
+                "message": f"{_cells(d['open_labelled_cells'], 'is', 'are', 'labelled ')} still open in the review "
                 "queue.",
             }
         )
@@ -369,7 +375,7 @@ def signoff_rules_unmet(
         unmet.append(
             {
                 "code": "open_disagreements",
-                "message": f"{d['open_disagreements']} cells have reads or imported labels "
+                "message": f"{_cells(d['open_disagreements'], 'has', 'have')} reads or imported labels "
                 "that disagree and nobody has decided (adjudicate them first).",
             }
         )

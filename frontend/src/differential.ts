@@ -133,13 +133,13 @@ export function computeDifferential(
   if (open || modelOnly || unclassified) {
     flags.push({
       code: "unreviewed_cells",
-      message: `${open} cells open in the review queue, ${modelOnly} classified by the model only, ${unclassified} not classified yet; they are not in the counts.`,
+      message: `${open} ${open === 1 ? "cell" : "cells"} open in the review queue, ${modelOnly} classified by the model only, ${unclassified} not classified yet; they are not in the counts.`,
     });
   }
   if (conflicts) {
     flags.push({
       code: "label_conflicts",
-      message: `${conflicts} cells have conflicting imported labels that nobody has settled.`,
+      message: `${conflicts} ${conflicts === 1 ? "cell has" : "cells have"} conflicting imported labels that nobody has settled.`,
     });
   }
   return {

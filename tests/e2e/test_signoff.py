@@ -91,7 +91,7 @@ def test_a_case_that_cannot_be_signed_says_why_then_is_signed_and_reported(
     page.get_by_test_id("signoff-unmet").wait_for()
     assert unmet(page) == ["count_target_not_reached", "unidentified_cells", "open_disagreements"]
     why = page.get_by_test_id("signoff-unmet").inner_text()
-    assert "9 of 100 white cells reviewed" in why and "1 cells are unidentified" in why
+    assert "9 of 100 white cells reviewed" in why and "1 cell is unidentified" in why
     assert page.get_by_test_id("signoff").is_disabled()
     provenance = page.get_by_test_id("provenance").inner_text()
     assert "9 WBC reviewed (0 cells in the portal, 9 imported from class_folders)" in provenance
