@@ -240,8 +240,8 @@ def main(args: argparse.Namespace) -> dict:
             raise SystemExit(f"engine {engine} could not be prepared (see the log)")
         scorers[name] = scorer
         if engine == "onnx-int8":  # would the product serve it? (timed either way)
-            verdict = json.loads(scorer.onnx.path.with_suffix(".json").read_text())  # type: ignore[union-attr]
-            int8_verdict = dict(verdict, served=verdict["agreement"] >= served_bar)
+            verdict = scorer.onnx.int8_verdict or {}  # type: ignore[union-attr]
+            int8_verdict = dict(verdict, served=verdict.get("agreement", 0.0) >= served_bar)
 
     # warm-up: oneDNN / cuDNN pick kernels on the first call of each shape
     plain_loop(plain, paths[:16], args.arch, args.size, device, args.tta)

@@ -20,7 +20,8 @@ Engines (``ENGINES``): ``torch`` (the reference, any device), ``onnx`` (fp32 gra
 ranges calibrated (MinMax) on real cell images run through this same graph. Which
 operators are quantised is ``INT8_OP_TYPES``: the convolutions and matrix products; the
 input scaling, the average over views and the softmax stay fp32. An int8 file is served
-only where its top-1 answers agree with the fp32 graph's on the calibration cells at least
+only where its top-1 answers agree with the fp32 graph's on check cells (other cells than
+the calibration's where the caller gives them; else the calibration cells) at least
 ``INT8_MIN_AGREEMENT`` of the time; otherwise the worker scores with fp32 and logs the
 figure (the verdict is cached beside the file). EfficientNet-Lite0, the demo model,
 misses the bar (about 95 %: static quantisation of its depthwise convolutions), so it
@@ -65,7 +66,7 @@ OUTPUT_NAMES: tuple[str, str, str] = ("features", "logits", "probabilities")
 FP32_TOLERANCE = 1e-3  # largest |p_onnx - p_torch| an fp32 export may show
 INT8_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
 CALIBRATION_BATCH = 8  # images per calibration run (times the TTA views)
-# int8 is used only where its top-1 answers agree with fp32's on the calibration cells at
+# int8 is used only where its top-1 answers agree with fp32's on the check cells at
 # least this often (#20's bar); otherwise the worker scores with the fp32 graph.
 INT8_MIN_AGREEMENT = 0.995
 
@@ -343,6 +344,8 @@ class OnnxModel:
         self.path = Path(path)
         self.engine = check_engine(engine)
         self.threads = threads or default_threads()
+        # for int8: {"agreement", "n"} against fp32 on the check cells (prepare_onnx)
+        self.int8_verdict: dict[str, float] | None = None
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -375,6 +378,7 @@ def prepare_onnx(
     *,
     calibration: Iterable[torch.Tensor] | None = None,
     threads: int | None = None,
+    check: Iterable[torch.Tensor] | None = None,
 ) -> OnnxModel:
     """The ONNX model for ``engine`` ("onnx" or "onnx-int8"), exported (and quantised)
     into ``cache_dir`` unless a file made from the same inputs is there already.
@@ -390,12 +394,15 @@ def prepare_onnx(
     fp32 = cache / f"{checkpoint['arch']}-{key}.fp32.onnx"
     calib = calibration_batches(calibration or [])
     if not fp32.is_file():
-        check = torch.from_numpy(np.concatenate(calib[:2])) if calib else None
-        export_onnx(checkpoint, fp32, check_pixels=check)
+        first = torch.from_numpy(np.concatenate(calib[:2])) if calib else None
+        export_onnx(checkpoint, fp32, check_pixels=first)
     if engine == "onnx":
         return OnnxModel(fp32, engine=engine, threads=threads)
     int8 = cache / f"{checkpoint['arch']}-{key}.int8-{pixels_key(calib)}.onnx"
-    verdict_path = int8.with_suffix(".json")
+    # agreement is judged on cells kept apart from the calibration where given: on its own
+    # calibration cells a quantised model looks better than on cells it never saw
+    checked = calibration_batches(check or []) or calib
+    verdict_path = int8.with_name(f"{int8.stem}.check-{pixels_key(checked)}.json")
     verdict = _read_verdict(verdict_path)
     if verdict is None:
         if not int8.is_file():
@@ -403,21 +410,25 @@ def prepare_onnx(
         verdict = int8_agreement(
             OnnxModel(fp32, engine="onnx", threads=threads),
             OnnxModel(int8, engine=engine, threads=threads),
-            calib,
+            checked,
         )
         _write_json(verdict_path, verdict)
     if verdict["agreement"] < INT8_MIN_AGREEMENT:
         # a quantised model that changes answers is not the same model: fp32 scores
         logger.warning(
-            "int8 for %s agrees with fp32 on %.1f %% of %d calibration cells (needs %.1f %%): "
+            "int8 for %s agrees with fp32 on %.1f %% of %d check cells (needs %.1f %%): "
             "scoring with onnx fp32",
             checkpoint["arch"],
             100 * verdict["agreement"],
             verdict["n"],
             100 * INT8_MIN_AGREEMENT,
         )
-        return OnnxModel(fp32, engine="onnx", threads=threads)
-    return OnnxModel(int8, engine=engine, threads=threads)
+        refused = OnnxModel(fp32, engine="onnx", threads=threads)
+        refused.int8_verdict = verdict
+        return refused
+    served = OnnxModel(int8, engine=engine, threads=threads)
+    served.int8_verdict = verdict
+    return served
 
 
 def int8_agreement(

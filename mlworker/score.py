@@ -122,7 +122,8 @@ class Scorer:
     """A loaded model ready to score; keep one per worker process and reuse it.
 
     ``engine``: "torch" (the reference), "onnx" or "onnx-int8" (CPU; exported into
-    ``onnx_dir`` on first use, int8 calibrated on ``calibration``: cell images as for
+    ``onnx_dir`` on first use, int8 calibrated on ``calibration`` and checked against fp32
+    on ``check`` (other cells; the calibration cells when not given): cell images as for
     ``score``). ``onnx_threads``: ONNX Runtime's intra-op threads (None: the cores this
     process may use).
     """
@@ -137,6 +138,7 @@ class Scorer:
         onnx_dir: str | Path | None = None,
         calibration: Sequence[ImageInput] | None = None,
         onnx_threads: int | None = None,
+        check: Sequence[ImageInput] | None = None,
     ) -> None:
         ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
         self.engine_requested = check_engine(engine)
@@ -146,7 +148,7 @@ class Scorer:
         self.preset = preset_from_checkpoint(ckpt)
         self.onnx: OnnxModel | None = None
         if engine != "torch":
-            self.onnx = self._prepare_onnx(ckpt, engine, onnx_dir, calibration, onnx_threads)
+            self.onnx = self._prepare_onnx(ckpt, engine, onnx_dir, calibration, onnx_threads, check)
         # the ONNX engines run on the CPU: decoding there too (no nvJPEG round trip)
         self.runtime = runtime or choose_runtime("cpu" if self.onnx else None)
         self.model = self.runtime.prepare_model(fuse_batchnorm(model_from_checkpoint(ckpt)))
@@ -166,6 +168,7 @@ class Scorer:
         onnx_dir: str | Path | None,
         calibration: Sequence[ImageInput] | None,
         threads: int | None,
+        check: Sequence[ImageInput] | None = None,
     ) -> OnnxModel | None:
         cache = Path(onnx_dir) if onnx_dir is not None else default_onnx_dir()
         try:
@@ -174,7 +177,12 @@ class Scorer:
             pixels = self._calibration_pixels(images if engine == "onnx-int8" else images[:16])
             if engine == "onnx-int8" and not pixels:
                 raise OnnxEngineError("no readable calibration cells for int8")
-            model = prepare_onnx(ckpt, engine, cache, calibration=pixels, threads=threads)
+            check_pixels = (
+                self._calibration_pixels(list(check)) if check and engine == "onnx-int8" else None
+            )
+            model = prepare_onnx(
+                ckpt, engine, cache, calibration=pixels, threads=threads, check=check_pixels
+            )
         except (OnnxEngineError, OSError, ImportError) as exc:
             logger.warning(
                 "scoring engine %s unavailable for %s, scoring with torch: %s",

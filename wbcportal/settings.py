@@ -353,6 +353,8 @@ WBC_ONNX_CACHE_DIR = os.environ.get("WBC_ONNX_CACHE_DIR", str(DATA_DIR / "onnx-c
 WBC_ONNX_THREADS = int(os.environ.get("WBC_ONNX_THREADS", 0))  # 0: the worker's cores
 # int8 calibrates on the first (oldest) readable cells of the database, up to this many
 WBC_ONNX_CALIBRATION_CELLS = int(os.environ.get("WBC_ONNX_CALIBRATION_CELLS", 128))
+# ... and its top-1 agreement with fp32 is judged on the next this many (not calibrated on)
+WBC_ONNX_CHECK_CELLS = int(os.environ.get("WBC_ONNX_CHECK_CELLS", 256))
 
 # --- results sent to the laboratory information system (docs/lis.md) -----------------
 # Off unless configured: a final report (first sign-off, or an amendment) is sent to each

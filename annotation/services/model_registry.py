@@ -135,23 +135,28 @@ def model_version_scorer(version: ModelVersion) -> Scorer:
 
     The ONNX engines export the checkpoint on first use in each worker into
     ``WBC_ONNX_CACHE_DIR`` (then reused; int8 calibrated on the oldest
-    ``WBC_ONNX_CALIBRATION_CELLS`` cells). An export that fails leaves the scorer on
+    ``WBC_ONNX_CALIBRATION_CELLS`` cells, its agreement with fp32 judged on the next
+    ``WBC_ONNX_CHECK_CELLS``). An export that fails leaves the scorer on
     torch (logged; ``scorer.engine`` says "torch"), so scoring never depends on it.
     """
     from mlworker.score import Scorer
 
     engine = settings.WBC_SCORING_ENGINE
-    calibration = None
-    if engine != "torch":
-        calibration = _calibration_inputs(
-            settings.WBC_ONNX_CALIBRATION_CELLS if engine == "onnx-int8" else 16
-        )
+    calibration = check = None
+    if engine == "onnx-int8":
+        # the oldest cells calibrate; the next ones, never calibrated on, judge agreement
+        n = settings.WBC_ONNX_CALIBRATION_CELLS
+        cells = _calibration_inputs(n + settings.WBC_ONNX_CHECK_CELLS)
+        calibration, check = cells[:n], cells[n:] or None
+    elif engine != "torch":
+        calibration = _calibration_inputs(16)
     return Scorer(
         model_version_checkpoint(version),
         engine=engine,
         onnx_dir=settings.WBC_ONNX_CACHE_DIR,
         calibration=calibration,
         onnx_threads=settings.WBC_ONNX_THREADS or None,
+        check=check,
     )
 
 

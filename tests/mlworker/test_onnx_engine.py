@@ -262,15 +262,22 @@ def test_int8_that_changes_answers_is_refused_on_the_demo_model(tmp_path, caplog
     val, test = demo_splits(tmp_path / "demo")
     assert len(test) == checkpoint["metrics"]["data"]["test"]
     calibration = val[:: max(1, len(val) // 128)][:128]
+    check = [s for s in val if s not in calibration][:256]  # validation cells, not calibrated on
     reference = Scorer(checkpoint, runtime=CPU).score(test)
     int8 = Scorer(
-        checkpoint, runtime=CPU, engine="onnx-int8", onnx_dir=tmp_path, calibration=calibration
+        checkpoint,
+        runtime=CPU,
+        engine="onnx-int8",
+        onnx_dir=tmp_path,
+        calibration=calibration,
+        check=check,
     )
     assert int8.engine_requested == "onnx-int8"
     assert int8.engine == "onnx", "int8 kept although it disagrees with fp32"
     assert "scoring with onnx fp32" in caplog.text
-    verdict = json.loads(next(tmp_path.glob("*.int8-*.json")).read_text())
-    assert verdict["n"] == len(calibration) and verdict["agreement"] < INT8_MIN_AGREEMENT
+    verdict = json.loads(next(tmp_path.glob("*.int8-*.check-*.json")).read_text())
+    assert int8.onnx is not None and int8.onnx.int8_verdict == verdict
+    assert verdict["n"] == len(check) and verdict["agreement"] < INT8_MIN_AGREEMENT
     # the refused int8 file, measured on the held-out cells as the issue asks
     quantised = next(tmp_path.glob("*.int8-*.onnx"))
     session = OnnxModel(quantised, engine="onnx-int8")
@@ -282,7 +289,7 @@ def test_int8_that_changes_answers_is_refused_on_the_demo_model(tmp_path, caplog
     p_got = np.stack([s.probabilities for s in int8.score(test)])
     agreement = float((p_int8.argmax(1) == p_ref.argmax(1)).mean())
     print(
-        f"demo held-out n={len(test)}: int8 agreement {agreement:.4f} (calibration cells "
+        f"demo held-out n={len(test)}: int8 agreement {agreement:.4f} (check cells "
         f"{verdict['agreement']:.4f}), balanced {balanced(test, p_ref):.4f} -> "
         f"{balanced(test, p_int8):.4f}; served fp32 max diff {np.abs(p_got - p_ref).max():.2e}"
     )
@@ -308,6 +315,14 @@ def test_int8_is_served_only_above_the_agreement_bar(tmp_path, monkeypatch, capl
     )
     assert refused.engine == "onnx" and verdict.stat().st_mtime_ns == stamp
     assert "needs 101.0 %" in caplog.text
+    # cells kept apart from the calibration judge it when given: a verdict of their own
+    apart = cells(3, skip=10)
+    judged = Scorer(checkpoint, runtime=CPU, engine="onnx-int8", onnx_dir=tmp_path,
+                    calibration=images, check=apart)  # fmt: skip
+    assert judged.onnx is not None and judged.onnx.int8_verdict is not None
+    assert judged.onnx.int8_verdict["n"] == len(apart)
+    assert len(list(tmp_path.glob("*.int8-*.check-*.json"))) == 2
+    assert len(list(tmp_path.glob("*.int8-*.onnx"))) == 1  # quantised once
 
 
 def test_onnx_threads_follow_the_setting(tmp_path):
